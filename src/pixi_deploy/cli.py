@@ -1,0 +1,114 @@
+"""The `pixi-deploy` command line: parse, call one library function, render with Rich.
+
+No logic lives here. Every command is a thin wrapper over a function the Python API exposes, and
+every `PixiDeployError` becomes one red line on stderr and the error's exit code. Rooms that add
+commands (containers, slurm, ...) expose ``register(app)`` in their own ``commands`` module and are
+listed in ``COMMAND_MODULES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pixi_deploy import __version__
+from pixi_deploy.errors import PixiDeployError
+
+app = typer.Typer(
+    name="pixi-deploy",
+    help="Pack a locked pixi environment and run it unchanged on clusters and in containers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# pixi's conventions: every command that reads a workspace takes these three.
+ManifestPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest-path",
+        help="pixi.toml / pyproject.toml, or the folder holding it [default: search upwards from .]",
+        show_default=False,
+    ),
+]
+EnvironmentOpt = Annotated[
+    str | None,
+    typer.Option("--environment", "-e", help="Environment of the workspace [default: default]"),
+]
+PlatformOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--platform",
+        "-p",
+        help="Target platform (linux-64, linux-aarch64, ...) [default: this machine's, "
+        "or 'auto' = the edge node's for ssh targets]",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout")]
+
+# Modules exposing ``register(app)``; each adds its own commands.
+COMMAND_MODULES: list[str] = [
+    "pixi_deploy.commands",
+]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        stdout.print(f"pixi-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show version"),
+    ] = False,
+) -> None:
+    """Pack a locked pixi environment and run it unchanged on clusters and in containers."""
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code instead of raising SystemExit."""
+    _register_all()
+    try:
+        app(args=argv, standalone_mode=False)
+    except PixiDeployError as error:
+        stderr.print("[bold red]error:[/] ", end="")
+        stderr.print(str(error), markup=False)
+        return error.exit_code
+    except typer.Exit as exit_:
+        return int(exit_.exit_code or 0)
+    except KeyboardInterrupt:
+        stderr.print("[bold red]interrupted[/]")
+        return 130
+    except SystemExit as exit_:  # click's usage errors end up here in non-standalone mode
+        return int(exit_.code or 0)
+    except Exception as error:  # click.ClickException and friends: usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            return error.exit_code
+        if isinstance(error, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

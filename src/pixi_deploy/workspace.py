@@ -1,0 +1,369 @@
+"""Find a pixi workspace, read its manifest and pixi.lock, and resolve one environment + platform.
+
+This is the first room of the pipeline: everything later (packing, stores, jobs, images) starts
+from a :class:`ResolvedEnvironment`. The lock is read with py-rattler, so every lock format pixi has
+written (versions 4 to 7) is understood the way pixi understands it. The manifest is read with
+tomli, which also accepts TOML 1.1 (multi-line inline tables) that pixi allows and tomllib rejects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import rattler
+import tomli
+
+from pixi_deploy.errors import WorkspaceError
+
+MANIFEST_NAMES = ("pixi.toml", "pyproject.toml")
+LOCK_NAME = "pixi.lock"
+DEFAULT_ENVIRONMENT = "default"
+HASH_PATH_LENGTH = 16  # hex characters of the lock hash used in deployment paths
+
+
+@dataclass(frozen=True)
+class PypiPackage:
+    """A PyPI package as locked: a wheel/sdist URL with its sha256, or a local path dependency."""
+
+    name: str
+    version: str
+    location: str
+    sha256: str | None
+    editable: bool = False
+
+    @property
+    def is_path(self) -> bool:
+        return "://" not in self.location or self.location.startswith("file://")
+
+    @property
+    def filename(self) -> str:
+        return self.location.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class ResolvedEnvironment:
+    """Exactly what the lock says one environment needs on one platform."""
+
+    workspace: Workspace
+    name: str
+    platform: str
+    channels: tuple[str, ...]
+    conda_records: tuple[rattler.RepoDataRecord, ...]
+    pypi_packages: tuple[PypiPackage, ...]
+    lock_hash: str
+    virtual_packages: tuple[str, ...] = field(default=())
+
+    @property
+    def short_hash(self) -> str:
+        return self.lock_hash[:HASH_PATH_LENGTH]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "conda_packages": len(self.conda_records),
+            "pypi_packages": len(self.pypi_packages),
+            "hash": self.lock_hash,
+        }
+
+
+def find_manifest(manifest_path: Path | None = None, cwd: Path | None = None) -> Path:
+    """Locate the manifest the way pixi does.
+
+    An explicit path may be the file or its folder; otherwise the current folder and then its
+    parents are searched. In one folder pixi.toml wins over pyproject.toml, and a pyproject.toml
+    counts only when it has a ``[tool.pixi]`` table.
+    """
+    if manifest_path is not None:
+        path = Path(manifest_path).expanduser()
+        if path.is_dir():
+            found = _manifest_in(path)
+            if found is None:
+                raise WorkspaceError(
+                    f"no pixi.toml or pyproject.toml with [tool.pixi] in {path}",
+                    "pass --manifest-path pointing at the workspace's manifest",
+                )
+            return found.resolve()
+        if not path.is_file():
+            raise WorkspaceError(f"manifest {path} does not exist", "check --manifest-path")
+        return path.resolve()
+    start = (cwd or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        found = _manifest_in(folder)
+        if found is not None:
+            return found
+    raise WorkspaceError(
+        f"no pixi workspace found in {start} or any parent folder",
+        "run inside a pixi workspace or pass --manifest-path",
+    )
+
+
+def _manifest_in(folder: Path) -> Path | None:
+    pixi_toml = folder / "pixi.toml"
+    if pixi_toml.is_file():
+        return pixi_toml
+    pyproject = folder / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            data = tomli.loads(pyproject.read_text(encoding="utf-8"))
+        except (tomli.TOMLDecodeError, UnicodeDecodeError):
+            return None
+        if "pixi" in data.get("tool", {}):
+            return pyproject
+    return None
+
+
+class Workspace:
+    """A pixi workspace on disk: its manifest (parsed) and its lock file (read lazily)."""
+
+    def __init__(self, manifest_path: Path) -> None:
+        self.manifest_path = manifest_path
+        self.root = manifest_path.parent
+        self.lock_path = self.root / LOCK_NAME
+        self._raw = _read_toml(manifest_path)
+        if manifest_path.name == "pyproject.toml":
+            self._pixi = self._raw.get("tool", {}).get("pixi", {})
+        else:
+            self._pixi = self._raw
+
+    # -- manifest ---------------------------------------------------------------------------
+    @property
+    def _workspace_table(self) -> dict[str, Any]:
+        table = self._pixi.get("workspace") or self._pixi.get("project") or {}
+        return table if isinstance(table, dict) else {}
+
+    @property
+    def name(self) -> str:
+        name = self._workspace_table.get("name") or self._raw.get("project", {}).get("name")
+        return str(name) if name else self.root.name
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Defaults from ``[tool.pixi-deploy]`` (in pixi.toml or pyproject.toml)."""
+        table = self._raw.get("tool", {}).get("pixi-deploy", {})
+        return dict(table) if isinstance(table, dict) else {}
+
+    def declared_environments(self) -> dict[str, list[str]]:
+        """Environment name -> platforms the manifest declares for it (features may narrow them)."""
+        platforms = [str(p) for p in self._workspace_table.get("platforms", [])]
+        features = self._pixi.get("feature", {}) or {}
+        declared = {DEFAULT_ENVIRONMENT: list(platforms)}
+        for env_name, spec in (self._pixi.get("environments") or {}).items():
+            if isinstance(spec, list):
+                names, no_default = spec, False
+            elif isinstance(spec, dict):
+                names = spec.get("features", [])
+                no_default = bool(spec.get("no-default-feature", False))
+            else:
+                continue
+            env_platforms = list(platforms)
+            for feature_name in names:
+                feature = features.get(feature_name, {}) or {}
+                if "platforms" in feature:
+                    allowed = set(feature["platforms"])
+                    env_platforms = [p for p in env_platforms if p in allowed]
+            del no_default  # the default feature never narrows platforms further
+            declared[str(env_name)] = env_platforms
+        return declared
+
+    def system_requirements(self) -> dict[str, str]:
+        table = self._pixi.get("system-requirements", {}) or {}
+        return {str(k): str(v) for k, v in table.items()}
+
+    # -- lock -------------------------------------------------------------------------------
+    @cached_property
+    def lock(self) -> rattler.LockFile:
+        if not self.lock_path.is_file():
+            raise WorkspaceError(
+                f"no pixi.lock next to {self.manifest_path.name} in {self.root}",
+                "run `pixi lock` (or `pixi install`) in the workspace first",
+            )
+        try:
+            return rattler.LockFile.from_path(self.lock_path)
+        except Exception as error:  # rattler raises its own parse errors
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise WorkspaceError(
+                f"cannot read {self.lock_path}: {first_line}",
+                "regenerate it with `pixi lock`",
+            ) from error
+
+    def locked_environments(self) -> dict[str, list[str]]:
+        return {
+            name: sorted(str(p) for p in env.platforms()) for name, env in self.lock.environments()
+        }
+
+    def environment_names(self) -> list[str]:
+        names = set(self.declared_environments()) | set(self.locked_environments())
+        return sorted(names, key=lambda n: (n != DEFAULT_ENVIRONMENT, n))
+
+    def missing_from_lock(self) -> list[str]:
+        """Human-readable problems: what the manifest declares but the lock does not have."""
+        locked = self.locked_environments()
+        problems = []
+        for env_name, platforms in self.declared_environments().items():
+            if env_name not in locked:
+                problems.append(f"environment '{env_name}' is not in pixi.lock")
+                continue
+            if not locked[env_name]:
+                continue  # an environment without dependencies: pixi locks no platform for it
+            for platform in platforms:
+                if platform not in locked[env_name]:
+                    problems.append(
+                        f"platform '{platform}' of environment '{env_name}' is not in pixi.lock"
+                    )
+        return problems
+
+    def resolve(self, environment: str | None = None, platform: str | None = None) -> ResolvedEnvironment:
+        env_name = environment or self.config.get("environment") or DEFAULT_ENVIRONMENT
+        lock_env = self.lock.environment(env_name)
+        if lock_env is None:
+            known = ", ".join(self.environment_names()) or "none"
+            raise WorkspaceError(
+                f"unknown environment '{env_name}' (known: {known})",
+                "pick one with -e/--environment, or run `pixi lock` if it is new",
+            )
+        target = platform or str(self.config.get("platform") or "") or current_platform()
+        lock_platform = next((p for p in lock_env.platforms() if str(p) == target), None)
+        locked = sorted(str(p) for p in lock_env.platforms())
+        if lock_platform is None and locked:
+            declared = self.declared_environments().get(env_name, [])
+            why = "the manifest declares it but " if target in declared else ""
+            raise WorkspaceError(
+                f"platform '{target}' of environment '{env_name}': {why}pixi.lock has no "
+                f"packages for it (locked: {', '.join(locked)})",
+                f"add it with `pixi workspace platform add {target}` and run `pixi lock`"
+                if not why
+                else "run `pixi lock`",
+            )
+        records: list[rattler.RepoDataRecord] = []
+        pypi: list[PypiPackage] = []
+        if lock_platform is not None:
+            records = list(lock_env.conda_repodata_records_for_platform(lock_platform) or [])
+            pypi = [_pypi(p) for p in lock_env.pypi_packages_for_platform(lock_platform) or []]
+        records.sort(key=lambda r: r.name.normalized)
+        pypi.sort(key=lambda p: p.name.lower())
+        return ResolvedEnvironment(
+            workspace=self,
+            name=env_name,
+            platform=target,
+            channels=tuple(str(c) for c in lock_env.channels()),
+            conda_records=tuple(records),
+            pypi_packages=tuple(pypi),
+            lock_hash=lock_hash(target, records, pypi),
+            virtual_packages=virtual_package_needs(records, self.system_requirements()),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What `inspect --json` prints: environment -> platform -> counts and hash, + channels."""
+        result: dict[str, Any] = {
+            "workspace": self.name,
+            "manifest_path": str(self.manifest_path),
+            "environments": {},
+            "problems": self.missing_from_lock(),
+        }
+        for env_name, platforms in self.locked_environments().items():
+            lock_env = self.lock.environment(env_name)
+            entry: dict[str, Any] = {
+                "channels": [str(c) for c in lock_env.channels()] if lock_env else [],
+                "platforms": {},
+            }
+            for platform in platforms:
+                entry["platforms"][platform] = self.resolve(env_name, platform).summary()
+            result["environments"][env_name] = entry
+        return result
+
+
+def load_workspace(manifest_path: Path | None = None, cwd: Path | None = None) -> Workspace:
+    return Workspace(find_manifest(manifest_path, cwd))
+
+
+def current_platform() -> str:
+    return str(rattler.Platform.current())
+
+
+def lock_hash(
+    platform: str, records: list[rattler.RepoDataRecord], pypi: list[PypiPackage]
+) -> str:
+    """sha256 of exactly the locked records: content, not where they came from or when.
+
+    A conda record is identified by its archive's sha256 (md5 for old locks without one), so the
+    same environment locked against a mirror or a local copy of a channel hashes the same.
+    """
+    lines = [f"platform {platform}"]
+    for r in records:
+        digest = _hex(r.sha256) or _hex(r.md5) or str(r.url)
+        lines.append(f"conda {r.name.normalized} {r.version} {r.build} {r.subdir} {digest}")
+    for p in pypi:
+        lines.append(f"pypi {p.name.lower()} {p.version} {p.sha256 or p.location}")
+    lines.sort()
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def virtual_package_needs(
+    records: list[rattler.RepoDataRecord], system_requirements: dict[str, str]
+) -> tuple[str, ...]:
+    """The `__cuda`, `__glibc`, ... dependencies the target machine must satisfy."""
+    needs = {d for r in records for d in r.depends if d.startswith("__")}
+    for key, value in system_requirements.items():
+        needs.add(f"__{key} >={value}" if isinstance(value, str) and value else f"__{key}")
+    return tuple(sorted(needs))
+
+
+def git_state(folder: Path) -> dict[str, Any]:
+    """The workspace's git commit and whether the tree has uncommitted changes (None outside git)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": bool(status.strip())}
+
+
+def _pypi(package: Any) -> PypiPackage:
+    sha = None
+    try:  # path dependencies carry no hashes; rattler then raises on access
+        sha = _hex(package.hashes.sha256)
+    except AttributeError:
+        sha = None
+    return PypiPackage(
+        name=str(package.name),
+        version=str(package.version),
+        location=str(package.location),
+        sha256=sha,
+        editable=bool(getattr(package, "editable", False)),
+    )
+
+
+def _hex(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.hex() if isinstance(value, bytes) else str(value)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomli.loads(path.read_text(encoding="utf-8"))
+    except tomli.TOMLDecodeError as error:
+        raise WorkspaceError(f"cannot parse {path}: {error}", "fix the TOML syntax") from error
+    except OSError as error:
+        raise WorkspaceError(f"cannot read {path}: {error.strerror}") from error
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False)
