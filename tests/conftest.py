@@ -1,0 +1,136 @@
+"""Shared pytest setup: the real test cluster fixture and the ``cluster`` marker.
+
+The cluster (sshd on 127.0.0.1:2222 + single-node Slurm) is started by ``scripts/test-cluster``
+the first time a test asks for the ``test_cluster`` fixture, and stopped at the end of the
+session only if this session started it. If it cannot start, the tests that need it fail with
+the script's error; nothing is skipped.
+
+Environment knobs:
+- ``PIXI_DEPLOY_TEST_ACCOUNTING``: "1" (default) starts with ``--accounting`` (mariadb +
+  slurmdbd, so ``sacct`` works), "0" without. A cluster that is already running is used as is.
+- ``PIXI_DEPLOY_TEST_CLUSTER_DIR``: state directory (default /tmp/pixi-deploy-test-cluster).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLUSTER_SCRIPT = REPO_ROOT / "scripts" / "test-cluster"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How to reach the test cluster's login node and what it offers."""
+
+    host: str
+    port: int
+    user: str
+    key_path: Path
+    password: str = field(repr=False)
+    known_hosts: Path
+    base_path: str
+    state_dir: Path
+    sacct: bool
+    sshd_pid_file: Path
+    # "cgroup": a job over its --mem ends OUT_OF_MEMORY; "overmemorykill": it ends FAILED
+    memory_enforcement: str
+
+
+def run_cluster_script(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run scripts/test-cluster with ARGS, capturing its output (never raises on exit code)."""
+    return subprocess.run(
+        [str(CLUSTER_SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def parse_exports(text: str) -> dict[str, str]:
+    """Parse the ``export NAME=value`` lines (shell-quoted) that the script prints."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            name, value = words[1].split("=", 1)
+            values[name] = value
+    return values
+
+
+def settings_from_exports(values: dict[str, str]) -> ClusterSettings:
+    password_file = Path(values["PIXI_DEPLOY_TEST_PASSWORD_FILE"])
+    return ClusterSettings(
+        host=values["SLURM_EDGE_NODE_HOST"],
+        port=int(values["SLURM_EDGE_NODE_PORT"]),
+        user=values["SLURM_EDGE_NODE_USER"],
+        key_path=Path(values["SLURM_EDGE_NODE_KEY_PATH"]),
+        password=password_file.read_text().strip(),
+        known_hosts=Path(values["SLURM_EDGE_NODE_KNOWN_HOSTS"]),
+        base_path=values["SLURM_DEPLOYMENT_BASE_PATH"],
+        state_dir=Path(values["PIXI_DEPLOY_TEST_CLUSTER_DIR"]),
+        sacct=values["PIXI_DEPLOY_TEST_SACCT"] == "1",
+        sshd_pid_file=Path(values["PIXI_DEPLOY_TEST_SSHD_PID_FILE"]),
+        memory_enforcement=values.get("PIXI_DEPLOY_TEST_MEMORY_ENFORCEMENT", "cgroup"),
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cluster: needs the real sshd + Slurm test cluster (scripts/test-cluster)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # every test that uses the cluster carries the marker, so `-m "not cluster"` deselects it
+    for item in items:
+        if "test_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def test_cluster() -> Iterator[ClusterSettings]:
+    """Start the test cluster once per session (if not running) and yield its settings."""
+    was_running = run_cluster_script("status", timeout=60).returncode == 0
+    args = ["start"]
+    if os.environ.get("PIXI_DEPLOY_TEST_ACCOUNTING", "1") != "0":
+        args.append("--accounting")
+    if was_running:
+        args = ["start"]  # a no-op that prints the settings; keep the running cluster as it is
+    proc = run_cluster_script(*args)
+    if proc.returncode != 0:
+        pytest.fail(
+            f"scripts/test-cluster {' '.join(args)} failed (exit {proc.returncode}):\n"
+            f"{proc.stderr.strip()}",
+            pytrace=False,
+        )
+    settings = settings_from_exports(parse_exports(proc.stdout))
+    try:
+        yield settings
+    finally:
+        if not was_running:
+            stop = run_cluster_script("stop", timeout=120)
+            if stop.returncode != 0:
+                print(f"scripts/test-cluster stop failed:\n{stop.stderr}")
+
+
+@pytest.fixture
+def ssh_env(test_cluster: ClusterSettings, monkeypatch: pytest.MonkeyPatch) -> ClusterSettings:
+    """Point the SLURM_EDGE_NODE_* settings at the test cluster (key authentication)."""
+    c = test_cluster
+    monkeypatch.setenv("SLURM_EDGE_NODE_HOST", c.host)
+    monkeypatch.setenv("SLURM_EDGE_NODE_PORT", str(c.port))
+    monkeypatch.setenv("SLURM_EDGE_NODE_USER", c.user)
+    monkeypatch.setenv("SLURM_EDGE_NODE_KEY_PATH", str(c.key_path))
+    monkeypatch.setenv("SLURM_EDGE_NODE_KNOWN_HOSTS", str(c.known_hosts))
+    monkeypatch.setenv("SLURM_DEPLOYMENT_BASE_PATH", c.base_path)
+    monkeypatch.delenv("SLURM_EDGE_NODE_PASSWORD", raising=False)
+    return c

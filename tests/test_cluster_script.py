@@ -1,0 +1,253 @@
+"""Real checks of scripts/test-cluster: SSH (key + password), sbatch, srun, sacct, stop/start.
+
+Everything goes through the running cluster; the stop/start test is last and leaves the
+cluster running for the rest of the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+try:  # tests/ is on sys.path (rootdir-relative conftest, no tests/__init__.py)
+    from conftest import ClusterSettings, parse_exports, run_cluster_script, settings_from_exports
+except ImportError:  # tests/ became a package
+    from tests.conftest import (
+        ClusterSettings,
+        parse_exports,
+        run_cluster_script,
+        settings_from_exports,
+    )
+
+pytestmark = pytest.mark.cluster
+
+TERMINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
+
+
+def _connect(c: ClusterSettings, **auth: Any) -> Any:
+    options: dict[str, Any] = {"client_keys": [str(c.key_path)], "agent_path": None}
+    options.update(auth)
+    return asyncssh.connect(
+        c.host, port=c.port, username=c.user, known_hosts=str(c.known_hosts), **options
+    )
+
+
+def ssh_run(c: ClusterSettings, command: str, check: bool = True) -> asyncssh.SSHCompletedProcess:
+    async def go() -> asyncssh.SSHCompletedProcess:
+        async with _connect(c) as conn:
+            return await conn.run(command, check=check)
+
+    return asyncio.run(go())
+
+
+def job_state(c: ClusterSettings, job_id: str, timeout: float = 60) -> dict[str, str]:
+    """Poll `scontrol show job -o` over one SSH connection until the job has ended."""
+
+    async def go() -> dict[str, str]:
+        async with _connect(c) as conn:
+            deadline = time.monotonic() + timeout
+            while True:
+                res = await conn.run(f"scontrol show job -o {job_id}", check=True)
+                fields = dict(re.findall(r"(\w+)=(\S*)", str(res.stdout)))
+                if fields.get("JobState") in TERMINAL:
+                    return fields
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"job {job_id} still {fields.get('JobState')}")
+                await asyncio.sleep(0.2)
+
+    return asyncio.run(go())
+
+
+def sbatch(c: ClusterSettings, *args: str, wrap: str) -> str:
+    cmd = shlex.join(["sbatch", "--parsable", f"--chdir={c.base_path}", *args, "--wrap", wrap])
+    return str(ssh_run(c, cmd).stdout).strip().split(";")[0]
+
+
+def test_env_prints_all_settings(test_cluster: ClusterSettings) -> None:
+    proc = run_cluster_script("env")
+    assert proc.returncode == 0, proc.stderr
+    values = parse_exports(proc.stdout)
+    assert set(values) >= {
+        "SLURM_EDGE_NODE_HOST",
+        "SLURM_EDGE_NODE_PORT",
+        "SLURM_EDGE_NODE_USER",
+        "SLURM_EDGE_NODE_KEY_PATH",
+        "PIXI_DEPLOY_TEST_PASSWORD_FILE",
+        "SLURM_EDGE_NODE_KNOWN_HOSTS",
+        "SLURM_DEPLOYMENT_BASE_PATH",
+        "PIXI_DEPLOY_TEST_CLUSTER_DIR",
+        "PIXI_DEPLOY_TEST_SSHD_PID_FILE",
+        "PIXI_DEPLOY_TEST_SACCT",
+    }
+    assert settings_from_exports(values) == test_cluster
+    # the password itself is never printed, and its file is private
+    assert test_cluster.password not in proc.stdout
+    assert Path(values["PIXI_DEPLOY_TEST_PASSWORD_FILE"]).stat().st_mode & 0o077 == 0
+    line = test_cluster.known_hosts.read_text().strip()
+    assert re.fullmatch(r"\[127\.0\.0\.1\]:2222 ssh-ed25519 AAAA\S+", line)
+
+
+def test_start_when_running_is_a_noop(test_cluster: ClusterSettings) -> None:
+    pid_before = test_cluster.sshd_pid_file.read_text()
+    proc = run_cluster_script("start")
+    assert proc.returncode == 0, proc.stderr
+    assert "already running" in proc.stderr
+    assert settings_from_exports(parse_exports(proc.stdout)) == test_cluster
+    assert test_cluster.sshd_pid_file.read_text() == pid_before
+    assert run_cluster_script("status").returncode == 0
+
+
+def test_ssh_by_key(test_cluster: ClusterSettings) -> None:
+    res = ssh_run(
+        test_cluster,
+        'id -un; test -w "$SLURM_BASE" && echo writable'.replace(
+            "$SLURM_BASE", test_cluster.base_path
+        ),
+    )
+    assert str(res.stdout).split() == [test_cluster.user, "writable"]
+
+
+def test_password_auth(test_cluster: ClusterSettings) -> None:
+    c = test_cluster
+
+    async def go(password: str) -> str:
+        async with _connect(
+            c, client_keys=None, password=password, preferred_auth="password"
+        ) as conn:
+            return str((await conn.run("id -un", check=True)).stdout).strip()
+
+    assert asyncio.run(go(c.password)) == c.user
+    with pytest.raises(asyncssh.PermissionDenied):
+        asyncio.run(go(c.password + "-wrong"))
+
+
+def test_sftp_subsystem(test_cluster: ClusterSettings) -> None:
+    c = test_cluster
+
+    async def go() -> bytes:
+        async with _connect(c) as conn, conn.start_sftp_client() as sftp:
+            path = f"{c.base_path}/sftp-check.txt"
+            async with sftp.open(path, "wb") as f:
+                await f.write(b"hello sftp\n")
+            async with sftp.open(path, "rb") as f:
+                data = await f.read()
+            await sftp.remove(path)
+            return data
+
+    assert asyncio.run(go()) == b"hello sftp\n"
+
+
+def test_sbatch_over_ssh_completes(test_cluster: ClusterSettings) -> None:
+    c = test_cluster
+    t0 = time.monotonic()
+    job_id = sbatch(c, "--output=job-%j.out", wrap='echo "hello from $SLURM_JOB_ID as $(id -un)"')
+    fields = job_state(c, job_id)
+    elapsed = time.monotonic() - t0
+    assert fields["JobState"] == "COMPLETED", fields
+    assert fields["ExitCode"] == "0:0"
+    out = ssh_run(c, f"cat {c.base_path}/job-{job_id}.out; rm -f {c.base_path}/job-{job_id}.out")
+    assert str(out.stdout).strip() == f"hello from {job_id} as {c.user}"
+    assert elapsed < 30
+    # jobcomp/filetxt keeps one line per finished job, even after MinJobAge
+    jobcomp = (c.state_dir / "log" / "jobcomp.log").read_text()
+    assert re.search(rf"JobId={job_id} .*JobState=COMPLETED", jobcomp)
+
+
+def test_failing_job_reports_exit_code(test_cluster: ClusterSettings) -> None:
+    job_id = sbatch(test_cluster, "--output=/dev/null", wrap="exit 3")
+    fields = job_state(test_cluster, job_id)
+    assert fields["JobState"] == "FAILED"
+    assert fields["ExitCode"] == "3:0"
+
+
+def test_srun(test_cluster: ClusterSettings) -> None:
+    res = ssh_run(test_cluster, "srun -N1 -n1 sh -c 'echo $SLURM_JOB_ID $(id -un)'")
+    job_id, user = str(res.stdout).split()
+    assert job_id.isdigit()
+    assert user == test_cluster.user
+
+
+def test_memory_limit_is_enforced(test_cluster: ClusterSettings) -> None:
+    c = test_cluster
+    hog = "python3 -c 'x = bytearray(400 * 1024 * 1024); import time; time.sleep(10)'"
+    job_id = sbatch(c, "--mem=64M", "--output=/dev/null", wrap=hog)
+    fields = job_state(c, job_id)
+    if c.memory_enforcement == "cgroup":
+        assert fields["JobState"] == "OUT_OF_MEMORY", fields
+    else:  # jobacct_gather OverMemoryKill: killed, but reported as a failed launch
+        assert fields["JobState"] == "FAILED", fields
+
+
+def test_sacct(test_cluster: ClusterSettings) -> None:
+    c = test_cluster
+    job_id = sbatch(c, "--output=/dev/null", wrap="true")
+    assert job_state(c, job_id)["JobState"] == "COMPLETED"
+    cmd = f"sacct -n -P -X -j {job_id} -o JobID,State,ExitCode"
+    if not c.sacct:
+        res = ssh_run(c, cmd, check=False)
+        assert res.exit_status != 0
+        assert "accounting storage is disabled" in str(res.stderr).lower()
+        return
+    deadline = time.monotonic() + 30
+    while True:  # the job's end record reaches slurmdbd shortly after the job ends
+        out = str(ssh_run(c, cmd).stdout).strip()
+        if out == f"{job_id}|COMPLETED|0:0" or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert out == f"{job_id}|COMPLETED|0:0"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def test_stop_then_start_again(test_cluster: ClusterSettings) -> None:
+    """Last test here: stop leaves no daemon behind; start brings the same cluster back."""
+    c = test_cluster
+    run_dir = c.state_dir / "run"
+    pids = {p.stem: int(p.read_text()) for p in run_dir.glob("*.pid")}
+    assert {"munged", "slurmctld", "slurmd", "sshd"} <= set(pids)
+    assert all(_alive(pid) for pid in pids.values())
+    # a running job is cancelled by stop
+    sbatch(c, "--output=/dev/null", wrap="sleep 300")
+
+    stop = run_cluster_script("stop")
+    assert stop.returncode == 0, stop.stderr
+    left = {name: pid for name, pid in pids.items() if _alive(pid)}
+    assert not left, f"still running after stop: {left}"
+    assert not list(run_dir.glob("*.pid"))
+    assert run_cluster_script("status").returncode != 0
+    again = run_cluster_script("stop")  # idempotent
+    assert again.returncode == 0, again.stderr
+
+    args = ["start", "--accounting"] if c.sacct else ["start"]
+    t0 = time.monotonic()
+    start = run_cluster_script(*args)
+    elapsed = time.monotonic() - t0
+    assert start.returncode == 0, start.stderr
+    assert settings_from_exports(parse_exports(start.stdout)) == c
+    assert elapsed < 30
+    assert str(ssh_run(c, "squeue -h -o %i").stdout).strip() == ""
+    job_id = sbatch(c, "--output=/dev/null", wrap="true")
+    assert job_state(c, job_id)["JobState"] == "COMPLETED"
