@@ -36,21 +36,21 @@ ManifestPath = Annotated[
     Path | None,
     typer.Option(
         "--manifest-path",
-        help="pixi.toml / pyproject.toml, or the folder holding it [default: search upwards from .]",
+        help="pixi.toml / pyproject.toml, or the folder holding it (default: search upwards from .)",
         show_default=False,
     ),
 ]
 EnvironmentOpt = Annotated[
     str | None,
-    typer.Option("--environment", "-e", help="Environment of the workspace [default: default]"),
+    typer.Option("--environment", "-e", help="Environment of the workspace (default: default)"),
 ]
 PlatformOpt = Annotated[
     str | None,
     typer.Option(
         "--platform",
         "-p",
-        help="Target platform (linux-64, linux-aarch64, ...) [default: this machine's, "
-        "or 'auto' = the edge node's for ssh targets]",
+        help="Target platform: linux-64, linux-aarch64, ... (default: this machine's; "
+        "for ssh targets 'auto', the edge node's)",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout")]
@@ -58,6 +58,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 # Modules exposing ``register(app)``; each adds its own commands.
 COMMAND_MODULES: list[str] = [
     "pixi_deploy.commands",
+    "pixi_deploy.containers.commands",
 ]
 
 

@@ -6,6 +6,8 @@ the class they care about. Messages must never contain a password or key materia
 
 from __future__ import annotations
 
+import errno
+
 
 class PixiDeployError(Exception):
     """Base class: a problem the user can fix, with a one-line message that says how."""
@@ -64,3 +66,16 @@ class ContainerError(PixiDeployError):
     """A container definition, CI workflow or OCI image could not be written or pushed."""
 
     exit_code = 9
+
+
+def store_error_from_os(error: OSError, where: object) -> StoreError:
+    """The one-line StoreError for a failed write: full disk, no permission, read-only, ..."""
+    if error.errno == errno.ENOSPC:
+        return StoreError(
+            f"no space left on the device holding {where}", "free space or pick another folder"
+        )
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(
+            f"cannot write to {where} ({error.strerror})", "pick a folder you can write to"
+        )
+    return StoreError(f"cannot write to {where}: {error.strerror or error}")

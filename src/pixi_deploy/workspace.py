@@ -63,6 +63,14 @@ class ResolvedEnvironment:
     def short_hash(self) -> str:
         return self.lock_hash[:HASH_PATH_LENGTH]
 
+    @property
+    def python_version(self) -> str | None:
+        """major.minor of the conda `python` package, where PyPI wheels get installed."""
+        for record in self.conda_records:
+            if record.name.normalized == "python":
+                return ".".join(str(record.version).split(".")[:2])
+        return None
+
     def summary(self) -> dict[str, Any]:
         return {
             "conda_packages": len(self.conda_records),
@@ -217,7 +225,9 @@ class Workspace:
                     )
         return problems
 
-    def resolve(self, environment: str | None = None, platform: str | None = None) -> ResolvedEnvironment:
+    def resolve(
+        self, environment: str | None = None, platform: str | None = None
+    ) -> ResolvedEnvironment:
         env_name = environment or self.config.get("environment") or DEFAULT_ENVIRONMENT
         lock_env = self.lock.environment(env_name)
         if lock_env is None:
@@ -285,9 +295,7 @@ def current_platform() -> str:
     return str(rattler.Platform.current())
 
 
-def lock_hash(
-    platform: str, records: list[rattler.RepoDataRecord], pypi: list[PypiPackage]
-) -> str:
+def lock_hash(platform: str, records: list[rattler.RepoDataRecord], pypi: list[PypiPackage]) -> str:
     """sha256 of exactly the locked records: content, not where they came from or when.
 
     A conda record is identified by its archive's sha256 (md5 for old locks without one), so the

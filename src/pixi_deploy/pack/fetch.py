@@ -1,0 +1,189 @@
+"""Bring every archive of an environment into a reusable, content-addressed download cache.
+
+Entries live at ``<cache>/pkgs/<sha256>/<filename>``: the lock's sha256 is the key, so a cached file
+is only ever one that matched it when it arrived, and the same package locked from a mirror or a
+local copy of a channel is fetched once. Verification happens as bytes arrive (rattler does not
+check ``file://`` packages, so we never rely on it), and files move into place atomically, so an
+interrupted download never leaves a wrong entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixi_deploy.errors import FetchError
+from pixi_deploy.progress import Advance, NullReporter, Reporter
+from pixi_deploy.workspace import PypiPackage, ResolvedEnvironment
+
+CHUNK = 1 << 20
+PARALLEL_DOWNLOADS = 8
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file the environment needs: a conda archive or a wheel, with its expected digest."""
+
+    kind: str  # "conda" or "pypi"
+    url: str
+    filename: str
+    sha256: str
+    size: int | None
+    name: str
+
+    @property
+    def pack_path(self) -> str:
+        return f"{self.kind}/{self.filename}"
+
+
+def default_cache_dir() -> Path:
+    explicit = os.environ.get("PIXI_DEPLOY_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pixi-deploy"
+
+
+def artifacts_of(resolved: ResolvedEnvironment) -> list[Artifact]:
+    """Every archive of the environment, in a stable order (conda first, then wheels)."""
+    items: list[Artifact] = []
+    for record in resolved.conda_records:
+        sha = record.sha256.hex() if record.sha256 else None
+        if sha is None:
+            raise FetchError(
+                f"package {record.file_name} has no sha256 in pixi.lock",
+                "re-lock with a current pixi (`pixi lock`) so every package carries a sha256",
+            )
+        items.append(
+            Artifact(
+                "conda", str(record.url), record.file_name, sha, record.size, record.name.normalized
+            )
+        )
+    for package in resolved.pypi_packages:
+        items.append(_pypi_artifact(package))
+    return items
+
+
+def _pypi_artifact(package: PypiPackage) -> Artifact:
+    if package.is_path or package.sha256 is None:
+        raise FetchError(
+            f"PyPI package '{package.name}' is a path/source dependency ({package.location})",
+            "packing path dependencies is not supported yet; depend on a built wheel instead",
+        )
+    filename = urllib.parse.unquote(package.filename.split("#", 1)[0])
+    if not filename.endswith(".whl"):
+        raise FetchError(
+            f"PyPI package '{package.name}' is locked as a source distribution ({filename})",
+            "lock a wheel for it (pixi needs a wheel to install offline)",
+        )
+    return Artifact("pypi", package.location, filename, package.sha256, None, package.name)
+
+
+class DownloadCache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or default_cache_dir()).expanduser()
+
+    def path_for(self, artifact: Artifact) -> Path:
+        return self.root / "pkgs" / artifact.sha256 / artifact.filename
+
+    def fetch_all(
+        self, artifacts: Iterable[Artifact], reporter: Reporter | None = None
+    ) -> dict[Artifact, Path]:
+        """Every artifact's cached path; downloads what is missing, in parallel."""
+        reporter = reporter or NullReporter()
+        wanted = list(artifacts)
+        missing = [a for a in wanted if not self.path_for(a).is_file()]
+        if missing:
+            total = sum(a.size or 0 for a in missing) or None
+            reporter.step(f"fetching {len(missing)} of {len(wanted)} packages into {self.root}")
+            with (
+                reporter.task("download", total) as advance,
+                ThreadPoolExecutor(PARALLEL_DOWNLOADS) as pool,
+            ):
+                for future in [pool.submit(self._fetch, a, advance) for a in missing]:
+                    future.result()
+        return {a: self.path_for(a) for a in wanted}
+
+    def _fetch(self, artifact: Artifact, advance: Advance) -> Path:
+        target = self.path_for(artifact)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+        tmp = Path(tmp_name)
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out:
+                for chunk in _open_chunks(artifact):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    advance(len(chunk))
+            if digest.hexdigest() != artifact.sha256:
+                raise FetchError(
+                    f"{artifact.filename} from {_redact(artifact.url)} does not match the sha256 "
+                    f"in pixi.lock (got {digest.hexdigest()[:16]}…, want {artifact.sha256[:16]}…)",
+                    "the channel serves a different file than was locked; re-lock or fix the mirror",
+                )
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+
+
+def _open_chunks(artifact: Artifact) -> Iterable[bytes]:
+    url = artifact.url
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme in ("", "file"):
+        path = Path(urllib.request.url2pathname(parsed.path) if parsed.scheme else url)
+        try:
+            with path.open("rb") as source:
+                while chunk := source.read(CHUNK):
+                    yield chunk
+        except OSError as error:
+            raise FetchError(
+                f"{artifact.filename}: not in the download cache and {path} is not readable "
+                f"({error.strerror})",
+                "check the channel path in pixi.lock, or fill the cache with `pixi-deploy pack` "
+                "on a machine that can reach it",
+            ) from error
+        return
+    if parsed.scheme not in ("http", "https"):
+        raise FetchError(f"{artifact.filename}: unsupported URL scheme '{parsed.scheme}'")
+    request = urllib.request.Request(url, headers={"User-Agent": "pixi-deploy"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (scheme checked)
+            while chunk := response.read(CHUNK):
+                yield chunk
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise FetchError(
+            f"{artifact.filename}: not in the download cache and {_redact(url)} is unreachable "
+            f"({reason})",
+            "connect to the network, or copy a filled cache (PIXI_DEPLOY_CACHE_DIR) here",
+        ) from error
+
+
+def _redact(url: str) -> str:
+    """A URL fit for messages: user info (tokens, passwords) removed."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.username or parsed.password:
+        netloc = parsed.hostname or ""
+        if parsed.port:
+            netloc += f":{parsed.port}"
+        parsed = parsed._replace(netloc=netloc)
+    return urllib.parse.urlunparse(parsed)
+
+
+def copy_or_link(source: Path, target: Path) -> None:
+    """Hardlink when on the same filesystem (free), else copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)

@@ -1,0 +1,153 @@
+"""Lay out an environment from local archives: conda packages with py-rattler, wheels with PyPA
+``installer``, then an ``activate.sh``.
+
+The prefix is written at one path (a staging folder) but made for another (where it will live):
+rattler's ``alternative_target_prefix`` patches prefix placeholders with the final path, wheels get
+shebangs pointing at the final interpreter, and the activation script names the final path. That is
+what lets the caller stage beside the target and rename into place atomically, and what lets an
+environment be built on this machine for a path and platform that exist only on a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+import rattler
+import rattler.shell
+from installer import install as install_wheel
+from installer.destinations import SchemeDictionaryDestination
+from installer.sources import WheelFile
+
+from pixi_deploy.errors import PackError
+
+ACTIVATE_NAME = "activate.sh"
+
+
+def lay_out_prefix(
+    records: Sequence[rattler.RepoDataRecord],
+    archives: dict[str, Path],
+    wheels: Sequence[Path],
+    *,
+    staging: Path,
+    final: Path,
+    platform: str,
+    python_version: str | None,
+    cache_dir: Path,
+    environment: str = "default",
+) -> None:
+    """Install into ``staging`` an environment meant to live at ``final``.
+
+    ``archives`` maps each record's file name to a verified local archive; nothing is downloaded.
+    """
+    local_records = []
+    for record in records:
+        path = archives.get(record.file_name)
+        if path is None:
+            raise PackError(f"archive {record.file_name} is missing", "re-create the pack")
+        record.url = path.resolve().as_uri()
+        local_records.append(record)
+    staging.mkdir(parents=True, exist_ok=True)
+    if local_records:
+        asyncio.run(_install(local_records, staging, final, platform, cache_dir))
+    if wheels:
+        _install_wheels(wheels, staging, final, python_version)
+    _scrub_link_sources(staging)
+    # rattler tags the prefix as a cache folder; backup tools honouring CACHEDIR.TAG (borg,
+    # restic, `tar --exclude-caches`) would then skip a deployed environment entirely.
+    (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
+    write_activate_script(staging, final, environment, platform)
+
+
+async def _install(
+    records: list[rattler.RepoDataRecord],
+    staging: Path,
+    final: Path,
+    platform: str,
+    cache_dir: Path,
+) -> None:
+    await rattler.install(
+        records,
+        target_prefix=staging,
+        cache_dir=cache_dir,
+        platform=rattler.Platform(platform),
+        alternative_target_prefix=final,
+        show_progress=False,
+        execute_link_scripts=False,
+    )
+
+
+def _install_wheels(
+    wheels: Sequence[Path], staging: Path, final: Path, python_version: str | None
+) -> None:
+    if python_version is None:
+        raise PackError(
+            "the environment has PyPI wheels but no conda 'python' package to install them into",
+            "add python to the environment's dependencies and re-lock",
+        )
+    site = f"lib/python{python_version}/site-packages"
+    scheme = {
+        "purelib": str(staging / site),
+        "platlib": str(staging / site),
+        "headers": str(staging / f"include/python{python_version}"),
+        "scripts": str(staging / "bin"),
+        "data": str(staging),
+    }
+    destination = SchemeDictionaryDestination(
+        scheme,
+        interpreter=str(final / "bin" / "python"),
+        script_kind="posix",
+        bytecode_optimization_levels=(),
+    )
+    for wheel in wheels:
+        try:
+            with WheelFile.open(wheel) as source:
+                install_wheel(
+                    source, destination, additional_metadata={"INSTALLER": b"pixi-deploy\n"}
+                )
+        except FileExistsError as error:
+            raise PackError(
+                f"wheel {wheel.name} overwrites {error.filename} from a conda package",
+                "the lock mixes a conda and a PyPI copy of one package; re-lock with pixi",
+            ) from error
+
+
+def _scrub_link_sources(prefix: Path) -> None:
+    """conda-meta records the build machine's cache path under link.source; it means nothing
+    where the environment lands, so drop it rather than ship a dangling local path."""
+    meta = prefix / "conda-meta"
+    if not meta.is_dir():
+        return
+    for record_file in meta.glob("*.json"):
+        data = json.loads(record_file.read_text())
+        link = data.get("link")
+        if isinstance(link, dict) and "source" in link:
+            link["source"] = ""
+            record_file.write_text(json.dumps(data, indent=2))
+
+
+def write_activate_script(staging: Path, final: Path, environment: str, platform: str) -> Path:
+    """`activate.sh` for the final path: PATH, CONDA_PREFIX, env vars and activate.d scripts."""
+    variables = rattler.shell.ActivationVariables(
+        current_prefix=None,
+        current_path=["${PATH}"],
+        path_modification_behavior=rattler.shell.PathModificationBehavior.Replace,
+    )
+    result = rattler.shell.activate(
+        staging, variables, shell=rattler.shell.Shell.bash, platform=rattler.Subdir(platform)
+    )
+    script = result.script.replace(str(staging), str(final))
+    header = (
+        "# Activate this environment: `. activate.sh` (bash, zsh, dash: any POSIX shell).\n"
+        f"# Written by pixi-deploy for environment '{environment}' ({platform}).\n"
+    )
+    name = shlex.quote(environment)
+    extra = f"export PIXI_ENVIRONMENT_NAME={name}\nexport CONDA_DEFAULT_ENV={name}\n"
+    target = staging / ACTIVATE_NAME
+    target.write_text(header + script + extra)
+    os.chmod(target, 0o644)
+    return target

@@ -1,0 +1,211 @@
+"""The local store: content-addressed environments in a folder on this machine.
+
+It is the reference implementation of the store protocol (deploy, list, prune, run) and what makes
+the whole pipeline testable without a cluster, as submitit's local executor does for Slurm. A
+deploy builds beside the final path and renames into place under an exclusive lock, so concurrent
+deploys of one environment do the work once and an interrupted one never leaves a half
+environment where a run would find it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from pixi_deploy.errors import StoreError, store_error_from_os
+from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
+from pixi_deploy.pack.layout import ACTIVATE_NAME, lay_out_prefix
+from pixi_deploy.progress import NullReporter, Reporter
+from pixi_deploy.store.layout import StoreLayout
+from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
+from pixi_deploy.workspace import ResolvedEnvironment, current_platform
+
+
+class LocalStore:
+    def __init__(self, base: Path, cache: DownloadCache | None = None) -> None:
+        self.base = Path(base).expanduser().absolute()
+        self.layout = StoreLayout(str(self.base))
+        self.cache = cache or DownloadCache()
+
+    # -- deploy -------------------------------------------------------------------------------
+    def deploy(
+        self,
+        resolved: ResolvedEnvironment,
+        *,
+        name: str | None = None,
+        reporter: Reporter | None = None,
+    ) -> DeploymentMetadata:
+        reporter = reporter or NullReporter()
+        if resolved.platform != current_platform():
+            raise StoreError(
+                f"a local target runs {current_platform()}, not {resolved.platform}",
+                f"deploy with -p {current_platform()}, or use `pack -p {resolved.platform}`",
+            )
+        self._prepare_base()
+        key = resolved.short_hash
+        final = Path(self.layout.env(key))
+        existing = self._complete(final)
+        if existing is None:
+            with self._exclusive(key):
+                existing = self._complete(final)  # another deploy may have finished meanwhile
+                if existing is None:
+                    self._build(resolved, key, final, reporter)
+                    existing = self._complete(final)
+                    assert existing is not None
+                else:
+                    existing.reused = True
+        else:
+            existing.reused = True
+            reporter.step(f"environment {key} is already deployed at {final}: nothing to do")
+        if name:
+            self._set_name(name, key)
+            existing.name = name
+        return existing
+
+    def _build(
+        self, resolved: ResolvedEnvironment, key: str, final: Path, reporter: Reporter
+    ) -> None:
+        for stale in final.parent.glob(f".{key}.staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed deploy; we hold the lock
+        artifacts = artifacts_of(resolved)
+        cached = self.cache.fetch_all(artifacts, reporter)
+        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}.staging-"))
+        try:
+            reporter.step(f"installing {len(artifacts)} packages into {final}")
+            archives = {a.filename: cached[a] for a in artifacts if a.kind == "conda"}
+            wheels = [cached[a] for a in artifacts if a.kind == "pypi"]
+            lay_out_prefix(
+                list(resolved.conda_records),
+                archives,
+                wheels,
+                staging=staging,
+                final=final,
+                platform=resolved.platform,
+                python_version=resolved.python_version,
+                cache_dir=self.cache.root / "extracted",
+                environment=resolved.name,
+            )
+            metadata = DeploymentMetadata.for_environment(resolved, str(final), "local")
+            metadata.write(staging / METADATA_NAME)
+            os.rename(staging, final)
+        except OSError as error:
+            raise store_error_from_os(error, final) from error
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        reporter.step(f"deployed environment {key} at {final}")
+
+    def _complete(self, final: Path) -> DeploymentMetadata | None:
+        meta = final / METADATA_NAME
+        if not meta.is_file():
+            return None
+        return DeploymentMetadata.read(meta)
+
+    def _prepare_base(self) -> None:
+        try:
+            for sub in ("envs", "locks", "names"):
+                (self.base / sub).mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.base / "envs", prefix=".probe-"):
+                pass  # fails now, with a clear message, if the base is not writable
+        except OSError as error:
+            raise store_error_from_os(error, self.base) from error
+
+    @contextmanager
+    def _exclusive(self, key: str) -> Iterator[None]:
+        with open(self.layout.lock(key), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _set_name(self, name: str, key: str) -> None:
+        link = Path(self.layout.name(name))
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        os.symlink(self.layout.name_target(name, key), tmp)
+        os.replace(tmp, link)
+
+    # -- list / prune ---------------------------------------------------------------------------
+    def deployments(self) -> list[DeploymentMetadata]:
+        envs = self.base / "envs"
+        found = []
+        for path in sorted(envs.iterdir()) if envs.is_dir() else []:
+            if path.name.startswith("."):
+                continue
+            meta = self._complete(path)
+            if meta is not None:
+                found.append(meta)
+        found.sort(key=lambda m: m.created, reverse=True)
+        return found
+
+    def names(self) -> dict[str, str]:
+        root = self.base / "names"
+        result = {}
+        for link in root.rglob("*") if root.is_dir() else []:
+            if link.is_symlink():
+                result[str(link.relative_to(root))] = Path(os.readlink(link)).name
+        return result
+
+    def prune(self, keep: int) -> list[str]:
+        """Remove all but the ``keep`` newest environments, sparing named and in-use ones."""
+        named = set(self.names().values())
+        removed = []
+        for meta in self.deployments()[keep:]:
+            key = Path(meta.deployment_path).name
+            if key in named:
+                continue
+            with open(self.layout.in_use(key), "a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a run is using it
+                doomed = Path(meta.deployment_path).with_name(f".{key}.staging-pruned")
+                os.rename(meta.deployment_path, doomed)  # disappears atomically for readers
+                shutil.rmtree(doomed, ignore_errors=True)
+                removed.append(meta.deployment_path)
+        return removed
+
+    # -- run ------------------------------------------------------------------------------------
+    def run(self, deployment: DeploymentMetadata, command: Sequence[str]) -> int:
+        return run_in_environment(Path(deployment.deployment_path), command, self.layout)
+
+
+def run_in_environment(
+    prefix: Path, command: Sequence[str], layout: StoreLayout | None = None
+) -> int:
+    """Run ``command`` with the environment activated; returns its exit code."""
+    activate = prefix / ACTIVATE_NAME
+    if not activate.is_file():
+        raise StoreError(
+            f"no deployed environment at {prefix} (it does not exist or was pruned)",
+            "run `pixi-deploy deploy` again",
+        )
+    if not command:
+        raise StoreError(
+            "no command given", "put it after `--`, e.g. `pixi-deploy run -- python -V`"
+        )
+    argv = ["/bin/sh", "-c", '. "$0" && exec "$@"', str(activate), *command]
+    in_use = layout.in_use(prefix.name) if layout else None
+    with _shared_lock(in_use):
+        try:
+            return subprocess.run(argv, check=False).returncode
+        except OSError as error:
+            raise StoreError(f"cannot start {command[0]}: {error.strerror}") from error
+
+
+@contextmanager
+def _shared_lock(path: str | None) -> Iterator[None]:
+    if path is None or not Path(path).parent.is_dir():
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        yield
