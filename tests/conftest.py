@@ -13,6 +13,8 @@ Environment knobs:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shlex
 import subprocess
@@ -44,43 +46,53 @@ class ClusterSettings:
     memory_enforcement: str
 
 
-def run_cluster_script(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """Run scripts/test-cluster with ARGS, capturing its output (never raises on exit code)."""
-    return subprocess.run(
-        [str(CLUSTER_SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+class ClusterScript:
+    """scripts/test-cluster, and parsing of what it prints (also a fixture: ``cluster_script``).
 
+    Tests get it from the fixture instead of importing conftest, which other conftest.py files
+    in subdirectories would shadow.
+    """
 
-def parse_exports(text: str) -> dict[str, str]:
-    """Parse the ``export NAME=value`` lines (shell-quoted) that the script prints."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            name, value = words[1].split("=", 1)
-            values[name] = value
-    return values
+    path = CLUSTER_SCRIPT
 
+    def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """Run the script with ARGS, capturing its output (never raises on the exit code)."""
+        return subprocess.run(
+            [str(self.path), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
-def settings_from_exports(values: dict[str, str]) -> ClusterSettings:
-    password_file = Path(values["PIXI_DEPLOY_TEST_PASSWORD_FILE"])
-    return ClusterSettings(
-        host=values["SLURM_EDGE_NODE_HOST"],
-        port=int(values["SLURM_EDGE_NODE_PORT"]),
-        user=values["SLURM_EDGE_NODE_USER"],
-        key_path=Path(values["SLURM_EDGE_NODE_KEY_PATH"]),
-        password=password_file.read_text().strip(),
-        known_hosts=Path(values["SLURM_EDGE_NODE_KNOWN_HOSTS"]),
-        base_path=values["SLURM_DEPLOYMENT_BASE_PATH"],
-        state_dir=Path(values["PIXI_DEPLOY_TEST_CLUSTER_DIR"]),
-        sacct=values["PIXI_DEPLOY_TEST_SACCT"] == "1",
-        sshd_pid_file=Path(values["PIXI_DEPLOY_TEST_SSHD_PID_FILE"]),
-        memory_enforcement=values.get("PIXI_DEPLOY_TEST_MEMORY_ENFORCEMENT", "cgroup"),
-    )
+    @staticmethod
+    def parse_exports(text: str) -> dict[str, str]:
+        """Parse the ``export NAME=value`` lines (shell-quoted) that the script prints."""
+        values: dict[str, str] = {}
+        for line in text.splitlines():
+            words = shlex.split(line)
+            if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+                name, value = words[1].split("=", 1)
+                values[name] = value
+        return values
+
+    def settings(self, stdout: str) -> ClusterSettings:
+        """The ClusterSettings described by the script's ``export`` lines."""
+        values = self.parse_exports(stdout)
+        password_file = Path(values["PIXI_DEPLOY_TEST_PASSWORD_FILE"])
+        return ClusterSettings(
+            host=values["SLURM_EDGE_NODE_HOST"],
+            port=int(values["SLURM_EDGE_NODE_PORT"]),
+            user=values["SLURM_EDGE_NODE_USER"],
+            key_path=Path(values["SLURM_EDGE_NODE_KEY_PATH"]),
+            password=password_file.read_text().strip(),
+            known_hosts=Path(values["SLURM_EDGE_NODE_KNOWN_HOSTS"]),
+            base_path=values["SLURM_DEPLOYMENT_BASE_PATH"],
+            state_dir=Path(values["PIXI_DEPLOY_TEST_CLUSTER_DIR"]),
+            sacct=values["PIXI_DEPLOY_TEST_SACCT"] == "1",
+            sshd_pid_file=Path(values["PIXI_DEPLOY_TEST_SSHD_PID_FILE"]),
+            memory_enforcement=values.get("PIXI_DEPLOY_TEST_MEMORY_ENFORCEMENT", "cgroup"),
+        )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -97,29 +109,69 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def test_cluster() -> Iterator[ClusterSettings]:
+def cluster_script() -> ClusterScript:
+    """Runs scripts/test-cluster and parses its output."""
+    return ClusterScript()
+
+
+@pytest.fixture(scope="session")
+def test_cluster(cluster_script: ClusterScript) -> Iterator[ClusterSettings]:
     """Start the test cluster once per session (if not running) and yield its settings."""
-    was_running = run_cluster_script("status", timeout=60).returncode == 0
-    args = ["start"]
-    if os.environ.get("PIXI_DEPLOY_TEST_ACCOUNTING", "1") != "0":
-        args.append("--accounting")
-    if was_running:
-        args = ["start"]  # a no-op that prints the settings; keep the running cluster as it is
-    proc = run_cluster_script(*args)
-    if proc.returncode != 0:
-        pytest.fail(
-            f"scripts/test-cluster {' '.join(args)} failed (exit {proc.returncode}):\n"
-            f"{proc.stderr.strip()}",
-            pytrace=False,
-        )
-    settings = settings_from_exports(parse_exports(proc.stdout))
+    # Several pytest sessions on one machine share the cluster: each registers itself, and
+    # the last one to leave stops the cluster if a pytest session started it (a cluster that
+    # was running before, e.g. started by .ci/run or by hand, is left running).
+    sessions = _state_dir() / "pytest-sessions"
+    sessions.mkdir(parents=True, exist_ok=True)
+    me = sessions / str(os.getpid())
+    started_by_pytest = sessions / "started-by-pytest"
+    with _locked(sessions):
+        running = cluster_script.run("status", timeout=60).returncode == 0
+        args = ["start"]
+        if not running and os.environ.get("PIXI_DEPLOY_TEST_ACCOUNTING", "1") != "0":
+            args.append("--accounting")
+        proc = cluster_script.run(*args)
+        if proc.returncode != 0:
+            pytest.fail(
+                f"scripts/test-cluster {' '.join(args)} failed (exit {proc.returncode}):\n"
+                f"{proc.stderr.strip()}",
+                pytrace=False,
+            )
+        if not running:
+            started_by_pytest.touch()
+        me.touch()
     try:
-        yield settings
+        yield cluster_script.settings(proc.stdout)
     finally:
-        if not was_running:
-            stop = run_cluster_script("stop", timeout=120)
-            if stop.returncode != 0:
-                print(f"scripts/test-cluster stop failed:\n{stop.stderr}")
+        with _locked(sessions):
+            me.unlink(missing_ok=True)
+            others = [p for p in sessions.iterdir() if p.name.isdigit() and _pid_alive(p.name)]
+            if not others and started_by_pytest.exists():
+                stop = cluster_script.run("stop", timeout=120)
+                if stop.returncode != 0:
+                    print(f"scripts/test-cluster stop failed:\n{stop.stderr}")
+                started_by_pytest.unlink(missing_ok=True)
+
+
+def _state_dir() -> Path:
+    raw = os.environ.get("PIXI_DEPLOY_TEST_CLUSTER_DIR") or "/tmp/pixi-deploy-test-cluster"
+    return Path(raw).absolute()
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    with open(directory / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture
