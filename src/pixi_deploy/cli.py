@@ -9,7 +9,9 @@ listed in ``COMMAND_MODULES``.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -83,11 +85,41 @@ def _register_all() -> None:
         importlib.import_module(name).register(app)
 
 
+def _click_classes(name: str) -> tuple[type[Exception], ...]:
+    """Typer >= 0.20 vendors click as typer._click; older ones use click: catch both."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+_CLICK_ERRORS = _click_classes("ClickException")
+_CLICK_ABORTS = _click_classes("Abort")
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is so that every `finally` cleans up (work folders)."""
+
+
+def _install_signal_handlers() -> None:
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of raising SystemExit."""
     _register_all()
+    _install_signal_handlers()
     try:
-        app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
+        if isinstance(result, int):
+            return result
     except PixiDeployError as error:
         stderr.print("[bold red]error:[/] ", end="")
         stderr.print(str(error), markup=False)
@@ -97,17 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         stderr.print("[bold red]interrupted[/]")
         return 130
+    except Terminated:
+        stderr.print("[bold red]terminated[/]")
+        return 143
     except SystemExit as exit_:  # click's usage errors end up here in non-standalone mode
         return int(exit_.code or 0)
-    except Exception as error:  # click.ClickException and friends: usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            return error.exit_code
-        if isinstance(error, click.exceptions.Abort):
-            return 130
-        raise
+    except _CLICK_ERRORS as error:  # usage errors: bad option, missing argument, bad value
+        error.show()  # type: ignore[attr-defined]
+        return int(error.exit_code)  # type: ignore[attr-defined]
+    except _CLICK_ABORTS:
+        return 130
     return 0
 
 

@@ -292,7 +292,7 @@ def load_workspace(manifest_path: Path | None = None, cwd: Path | None = None) -
 
 
 def current_platform() -> str:
-    return str(rattler.Platform.current())
+    return str(rattler.Subdir.current())
 
 
 def lock_hash(platform: str, records: list[rattler.RepoDataRecord], pypi: list[PypiPackage]) -> str:

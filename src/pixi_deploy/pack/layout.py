@@ -11,6 +11,7 @@ environment be built on this machine for a path and platform that exist only on 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shlex
@@ -23,7 +24,7 @@ from installer import install as install_wheel
 from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 
-from pixi_deploy.errors import PackError
+from pixi_deploy.errors import PackError, store_error_from_os
 
 ACTIVATE_NAME = "activate.sh"
 
@@ -53,7 +54,12 @@ def lay_out_prefix(
         local_records.append(record)
     staging.mkdir(parents=True, exist_ok=True)
     if local_records:
-        asyncio.run(_install(local_records, staging, final, platform, cache_dir))
+        try:
+            asyncio.run(_install(local_records, staging, final, platform, cache_dir))
+        except OSError:
+            raise
+        except Exception as error:  # rattler's InstallerError wraps the OS error as text
+            raise _install_error(error, staging, final) from error
     if wheels:
         _install_wheels(wheels, staging, final, python_version)
     _scrub_link_sources(staging)
@@ -74,11 +80,34 @@ async def _install(
         records,
         target_prefix=staging,
         cache_dir=cache_dir,
-        platform=rattler.Platform(platform),
+        platform=rattler.Subdir(platform),
         alternative_target_prefix=final,
         show_progress=False,
         execute_link_scripts=False,
     )
+
+
+def _install_error(error: Exception, staging: Path, final: Path) -> Exception:
+    """Name the cause: rattler reports some full-disk failures only as a broken JSON file."""
+    text = " ".join(str(error).split())
+    if _nearly_full(staging):
+        return store_error_from_os(OSError(errno.ENOSPC, "full"), final)
+    for marker, code in (
+        ("No space left on device", errno.ENOSPC),
+        ("Permission denied", errno.EACCES),
+        ("Read-only file system", errno.EROFS),
+    ):
+        if marker in text:
+            return store_error_from_os(OSError(code, marker), final)
+    return PackError(f"installing the environment for {final} failed: {text[:300]}")
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 64 * 1024
 
 
 def _install_wheels(

@@ -21,7 +21,7 @@ from typing import BinaryIO
 import rattler
 import zstandard
 
-from pixi_deploy.errors import PackError
+from pixi_deploy.errors import PackError, store_error_from_os
 from pixi_deploy.pack.fetch import Artifact, DownloadCache, artifacts_of
 from pixi_deploy.pack.format import LOCK_MEMBER, METADATA_NAME, PackedFile, PackMetadata
 from pixi_deploy.progress import NullReporter, Reporter
@@ -66,10 +66,14 @@ def write_pack(
     metadata = build_metadata(resolved, artifacts)
     lock_bytes = mini_lock(resolved)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial_name = tempfile.mkstemp(
-        dir=output.parent, prefix=f".{output.name}.", suffix=".partial"
-    )
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial_name = tempfile.mkstemp(
+            dir=output.parent, prefix=f".{output.name}.", suffix=".partial"
+        )
+        os.fchmod(fd, 0o666 & ~_umask())
+    except OSError as error:
+        raise store_error_from_os(error, output.parent) from error
     partial = Path(partial_name)
     try:
         with os.fdopen(fd, "wb") as raw:
@@ -218,3 +222,9 @@ def _sha256_file(path: Path) -> str:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
