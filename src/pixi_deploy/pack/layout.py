@@ -146,8 +146,8 @@ def _install_wheels(
 
 
 def _scrub_link_sources(prefix: Path) -> None:
-    """conda-meta records the build machine's cache path under link.source; it means nothing
-    where the environment lands, so drop it rather than ship a dangling local path."""
+    """conda-meta records the build machine's cache path (link.source, extracted_package_dir);
+    it means nothing where the environment lands, so drop it rather than ship a local path."""
     meta = prefix / "conda-meta"
     if not meta.is_dir():
         return
@@ -156,7 +156,9 @@ def _scrub_link_sources(prefix: Path) -> None:
         link = data.get("link")
         if isinstance(link, dict) and "source" in link:
             link["source"] = ""
-            record_file.write_text(json.dumps(data, indent=2))
+        if "extracted_package_dir" in data:
+            data["extracted_package_dir"] = ""
+        record_file.write_text(json.dumps(data, indent=2))
 
 
 def write_activate_script(staging: Path, final: Path, environment: str, platform: str) -> Path:
