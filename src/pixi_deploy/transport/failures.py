@@ -22,6 +22,7 @@ LOST = (
     asyncssh.ConnectionLost,
     asyncssh.DisconnectError,
     asyncssh.SFTPConnectionLost,
+    asyncssh.SFTPNoConnection,
     BrokenPipeError,
     ConnectionResetError,
     ConnectionAbortedError,

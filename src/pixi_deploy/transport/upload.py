@@ -56,6 +56,7 @@ async def _write_from(
     progress: Progress | None,
 ) -> None:
     """Write local[start:] into part at the same offsets, WINDOW writes in flight."""
+    chunk = _chunk_size(sftp)
     async with sftp.open(part, "r+b" if start else "wb") as remote:
         pending: set[asyncio.Task[int]] = set()
         offset = done_bytes = start
@@ -64,19 +65,27 @@ async def _write_from(
                 fh.seek(start)
                 while offset < total or pending:
                     while offset < total and len(pending) < WINDOW:
-                        data = fh.read(CHUNK)
+                        data = fh.read(chunk)
                         pending.add(asyncio.ensure_future(_write(remote, data, offset)))
                         offset += len(data)
                     done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    failed = [e for e in (t.exception() for t in done) if e is not None]
+                    if failed:  # every task's error is retrieved, the first one raised
+                        raise failed[0]
                     written = sum(task.result() for task in done)
                     session.stats.bytes_uploaded += written
                     done_bytes += written
                     if progress is not None:
                         progress(done_bytes, total)
-        finally:
-            for task in pending:
-                task.cancel()
+        finally:  # let in-flight writes finish or fail (cancelling leaks asyncssh tasks)
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _chunk_size(sftp: asyncssh.SFTPClient) -> int:
+    """One SFTP request per write: larger writes make asyncssh split them into tasks of its
+    own whose errors it never collects when the connection drops."""
+    limit = getattr(getattr(sftp, "limits", None), "max_write_len", 0) or CHUNK
+    return min(CHUNK, int(limit))
 
 
 async def _write(remote: asyncssh.SFTPClientFile, data: bytes, offset: int) -> int:
