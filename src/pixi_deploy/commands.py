@@ -16,9 +16,10 @@ from rich.table import Table
 from pixi_deploy.cli import EnvironmentOpt, JsonOpt, ManifestPath, PlatformOpt, stderr, stdout
 from pixi_deploy.errors import ConfigError
 from pixi_deploy.pack import DownloadCache, read_metadata, unpack, write_pack
+from pixi_deploy.pack.inject import prepare_environment
 from pixi_deploy.render import RichReporter
 from pixi_deploy.store import DeploymentMetadata, LocalStore, run_in_environment
-from pixi_deploy.workspace import Workspace, load_workspace
+from pixi_deploy.workspace import ResolvedEnvironment, Workspace, load_workspace
 
 CacheDirOpt = Annotated[
     Path | None,
@@ -45,6 +46,18 @@ BaseOpt = Annotated[
 MetadataOutOpt = Annotated[
     Path,
     typer.Option("--metadata-out", help="Where to write deployment_metadata.json"),
+]
+InjectOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--inject",
+        help="Add a local .conda/.tar.bz2 package or wheel (repeatable); checked against the lock",
+        show_default=False,
+    ),
+]
+BuildSdistsOpt = Annotated[
+    bool,
+    typer.Option("--build-sdists", help="Build wheels here from source distributions in the lock"),
 ]
 
 
@@ -99,15 +112,32 @@ def pack(
         bool, typer.Option("--compress/--no-compress", help="zstd-compress the pack (.tar.zst)")
     ] = False,
     cache_dir: CacheDirOpt = None,
+    inject: InjectOpt = None,
+    build_sdists: BuildSdistsOpt = False,
+    self_extracting: Annotated[
+        bool,
+        typer.Option(
+            "--self-extracting",
+            help="Write one shell script that installs the environment with only sh, tar, dd, "
+            "cksum and sed (no python, no pixi, no network)",
+        ),
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Pack one environment for one platform into a single file that installs offline."""
     resolved = load_workspace(manifest_path).resolve(environment, platform)
+    cache = DownloadCache(cache_dir)
+    resolved = prepare_environment(
+        resolved, cache, inject=inject or (), build_sdists=build_sdists, reporter=_reporter(json_)
+    )
+    if self_extracting:
+        _pack_self_extracting(resolved, output, cache, json_)
+        return
     result = write_pack(
         resolved,
         output,
         compression="zstd" if compress else "none",
-        cache=DownloadCache(cache_dir),
+        cache=cache,
         reporter=_reporter(json_),
     )
     data = {
@@ -122,6 +152,28 @@ def pack(
         json_,
         data,
         f"{result.path} ({result.size / 1e6:.1f} MB, {len(result.metadata.files)} packages)",
+    )
+
+
+def _pack_self_extracting(
+    resolved: ResolvedEnvironment, output: Path | None, cache: DownloadCache, json_: bool
+) -> None:
+    from pixi_deploy.pack.selfextract import write_self_extracting
+
+    result = write_self_extracting(resolved, output, cache=cache, reporter=_reporter(json_))
+    data = {
+        "pack": str(result.path),
+        "size": result.size,
+        "self_extracting": True,
+        "environment": resolved.name,
+        "platform": resolved.platform,
+        "lock_hash": resolved.lock_hash,
+    }
+    _emit(
+        json_,
+        data,
+        f"{result.path} ({result.size / 1e6:.1f} MB); install with: sh {result.path.name} "
+        "[--target DIR]",
     )
 
 
@@ -190,16 +242,31 @@ def deploy(
     ] = None,
     metadata_out: MetadataOutOpt = Path("deployment_metadata.json"),
     cache_dir: CacheDirOpt = None,
+    inject: InjectOpt = None,
+    build_sdists: BuildSdistsOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Deploy an environment to a content-addressed store; reuse it when already there."""
     workspace = load_workspace(manifest_path)
+    if target == "ssh" and (inject or build_sdists):
+        raise ConfigError(
+            "--inject and --build-sdists work with --target local (and `pack`) only so far",
+            "pack with them and deploy the pack, or deploy locally",
+        )
     if target == "local":
         resolved = workspace.resolve(environment, platform)
-        store = LocalStore(_local_base(workspace, base), DownloadCache(cache_dir))
+        cache = DownloadCache(cache_dir)
+        resolved = prepare_environment(
+            resolved,
+            cache,
+            inject=inject or (),
+            build_sdists=build_sdists,
+            reporter=_reporter(json_),
+        )
+        store = LocalStore(_local_base(workspace, base), cache)
         metadata = store.deploy(resolved, name=name, reporter=_reporter(json_))
     elif target == "ssh":
-        from pixi_deploy.remote import deploy_ssh
+        from pixi_deploy.store.remote import deploy_ssh
 
         metadata = deploy_ssh(
             workspace,
@@ -258,7 +325,7 @@ def list_command(
 ) -> None:
     """List the environments deployed in a store, newest first."""
     if target == "ssh":
-        from pixi_deploy.remote import remote_store_from_env
+        from pixi_deploy.store.remote import remote_store_from_env
 
         store: Any = remote_store_from_env()
     else:
@@ -298,7 +365,7 @@ def prune(
 ) -> None:
     """Remove old environments; never named ones, nor any a running job is using."""
     if target == "ssh":
-        from pixi_deploy.remote import remote_store_from_env
+        from pixi_deploy.store.remote import remote_store_from_env
 
         store: Any = remote_store_from_env()
     else:

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import rattler
-import rattler.shell
 from installer import install as install_wheel
 from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
@@ -162,23 +161,41 @@ def _scrub_link_sources(prefix: Path) -> None:
 
 
 def write_activate_script(staging: Path, final: Path, environment: str, platform: str) -> Path:
-    """`activate.sh` for the final path: PATH, CONDA_PREFIX, env vars and activate.d scripts."""
-    variables = rattler.shell.ActivationVariables(
-        current_prefix=None,
-        current_path=["${PATH}"],
-        path_modification_behavior=rattler.shell.PathModificationBehavior.Replace,
-    )
-    result = rattler.shell.activate(
-        staging, variables, shell=rattler.shell.Shell.bash, platform=rattler.Subdir(platform)
-    )
-    script = result.script.replace(str(staging), str(final))
-    header = (
-        "# Activate this environment: `. activate.sh` (bash, zsh, dash: any POSIX shell).\n"
-        f"# Written by pixi-deploy for environment '{environment}' ({platform}).\n"
-    )
-    name = shlex.quote(environment)
-    extra = f"export PIXI_ENVIRONMENT_NAME={name}\nexport CONDA_DEFAULT_ENV={name}\n"
+    """`activate.sh` for the final path: PATH, CONDA_PREFIX, env vars and activate.d scripts.
+
+    Written here rather than taken from rattler's activation, because it must name the *final*
+    path (which may not exist on this machine) and quote it for the shell whatever it contains.
+    """
+    q = shlex.quote
+    lines = [
+        "# Activate this environment: `. activate.sh` (bash, zsh, dash: any POSIX shell).",
+        f"# Written by pixi-deploy for environment {q(environment)} ({platform}).",
+        f"export CONDA_PREFIX={q(str(final))}",
+        f'export PATH={q(str(final / "bin"))}"${{PATH:+:${{PATH}}}}"',
+        "export CONDA_SHLVL=1",
+        f"export CONDA_DEFAULT_ENV={q(environment)}",
+        f"export PIXI_ENVIRONMENT_NAME={q(environment)}",
+    ]
+    for name, value in _env_vars(staging).items():
+        lines.append(f"export {name}={q(value)}")
+    activate_d = staging / "etc" / "conda" / "activate.d"
+    for script in sorted(activate_d.glob("*.sh")) if activate_d.is_dir() else []:
+        lines.append(f". {q(str(final / 'etc' / 'conda' / 'activate.d' / script.name))}")
     target = staging / ACTIVATE_NAME
-    target.write_text(header + script + extra)
+    target.write_text("\n".join(lines) + "\n")
     os.chmod(target, 0o644)
     return target
+
+
+def _env_vars(prefix: Path) -> dict[str, str]:
+    """Variables packages and pixi set: etc/conda/env_vars.d/*.json, then conda-meta/state."""
+    found: dict[str, str] = {}
+    sources = sorted((prefix / "etc" / "conda" / "env_vars.d").glob("*.json"))
+    state = prefix / "conda-meta" / "state"
+    for source in sources:
+        data = json.loads(source.read_text())
+        found.update({str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {})
+    if state.is_file():
+        data = json.loads(state.read_text()).get("env_vars", {})
+        found.update({str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {})
+    return {k: v for k, v in found.items() if k.isidentifier()}

@@ -1,0 +1,126 @@
+"""The POSIX sh that runs on the edge node. Paths and keys always arrive as "$1" "$2" ...
+(quoted by the transport), never pasted into the script text.
+
+The cluster needs only sh, tar, cp (-al), mv, mkdir, cat and flock (util-linux), which every
+Linux login node has.
+"""
+
+# uname + any already-deployed candidate: the one round trip of a no-op redeploy.
+# $1 = base, then pairs of (platform, key)
+PROBE = r"""
+base=$1; shift
+uname -sm
+while [ $# -ge 2 ]; do
+  if [ -f "$base/envs/$2/deployment_metadata.json" ]; then
+    printf '\036%s\n' "$1"
+    cat "$base/envs/$2/deployment_metadata.json"
+    exit 0
+  fi
+  shift 2
+done
+"""
+
+# Held for the whole deploy: the per-environment lock (one deploy does the work) and a shared
+# lock that keeps prune's garbage collection away. The locks live on this shell's descriptors;
+# it becomes `sleep` (same pid), which the transport's watchdog kills when our channel closes
+# (deploy finished, or its connection died, e.g. kill -9), and that releases both.
+# $1 = base, $2 = key
+LOCK = r"""
+base=$1; key=$2
+mkdir -p "$base/envs" "$base/locks" "$base/objects" "$base/names" "$base/uploads" || exit 3
+[ -w "$base/envs" ] || { echo "not writable: $base" >&2; exit 3; }
+exec 8>"$base/locks/gc.lock" 9>"$base/locks/$key.lock" || exit 3
+flock -s 8 && flock -x 9 || exit 3
+if [ -f "$base/envs/$key/deployment_metadata.json" ]; then echo present; else echo locked; fi
+exec sleep 2147483647
+"""
+
+
+# Which of the group keys on stdin are missing under objects/.  $1 = base
+MISSING = r"""
+cd "$1/objects" || exit 3
+while read -r k; do [ -d "$k" ] || printf '%s\n' "$k"; done
+"""
+
+# Unpack the bundle, publish new groups, hard-link the environment together, rename it into
+# place. $1 = base, $2 = key, $3 = bundle, then the environment's group keys.
+FINALIZE = r"""
+set -eu
+base=$1; key=$2; bundle=$3; shift 3
+umask 022
+for stale in "$base/envs/.$key.staging-"*; do [ -e "$stale" ] && rm -rf "$stale"; done
+inc=$(mktemp -d "$base/objects/.incoming-XXXXXX")
+stage=$(mktemp -d "$base/envs/.$key.staging-XXXXXX")
+trap 'rm -rf "$inc" "$stage"' EXIT
+tar -xf "$bundle" -C "$inc"
+if [ -d "$inc/groups" ]; then
+  for g in "$inc"/groups/*; do
+    [ -e "$g" ] || continue
+    k=${g##*/}
+    [ -d "$base/objects/$k" ] || mv -T "$g" "$base/objects/$k" 2>/dev/null || [ -d "$base/objects/$k" ]
+  done
+fi
+n=$#
+for k; do
+  [ -d "$base/objects/$k" ] || { echo "missing object $k" >&2; exit 4; }
+  set -- "$@" "$base/objects/$k/."
+done
+shift "$n"
+if [ $# -gt 0 ]; then cp -al "$@" "$stage/"; fi
+cp -a "$inc/env/." "$stage/"
+[ -f "$stage/deployment_metadata.json" ] || { echo "incomplete environment" >&2; exit 4; }
+chmod 755 "$stage"
+if ! mv -T "$stage" "$base/envs/$key" 2>/dev/null; then
+  # a killed deploy's finalize may have published it meanwhile: fine if it is complete
+  [ -f "$base/envs/$key/deployment_metadata.json" ] || { echo "cannot publish $key" >&2; exit 4; }
+fi
+rm -f "$bundle"
+"""
+
+# Point a name at an environment, atomically.  $1 = base, $2 = name, $3 = relative target
+NAME = r"""
+set -eu
+link="$1/names/$2"
+mkdir -p "$(dirname "$link")"
+ln -s "$3" "$link.tmp.$$"
+mv -T "$link.tmp.$$" "$link"
+"""
+
+# Every environment's metadata, separated by a record separator line, then the names.
+LIST = r"""
+base=$1
+if [ -d "$base/envs" ]; then
+  for d in "$base"/envs/*/; do
+    f="${d}deployment_metadata.json"
+    [ -f "$f" ] || continue
+    cat "$f"; printf '\n\036\n'
+  done
+fi
+printf '\035\n'
+if [ -d "$base/names" ]; then
+  cd "$base/names" && find . -type l -printf '%P\t%l\n'
+fi
+"""
+
+# Remove the given environments unless a job holds their in-use lock, then collect objects that
+# no environment links any more. Prints each removed key.  $1 = base, then keys.
+PRUNE = r"""
+base=$1; shift
+mkdir -p "$base/locks"
+exec 9>"$base/locks/gc.lock"
+flock -x 9
+for key; do
+  env="$base/envs/$key"
+  [ -d "$env" ] || continue
+  doomed="$base/envs/.$key.pruned-$$"
+  # holding the in-use lock while moving: a job that starts later finds no environment
+  if flock -xn "$base/locks/$key.in-use" mv -T "$env" "$doomed"; then
+    rm -rf "$doomed"
+    printf '%s\n' "$key"
+  fi
+done
+for g in "$base"/objects/*/; do
+  [ -d "$g" ] || continue
+  if [ -z "$(find "$g" -type f -links +1 -print -quit)" ]; then rm -rf "$g"; fi
+done
+"""

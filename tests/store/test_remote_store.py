@@ -1,0 +1,386 @@
+"""The remote store against the real sshd + Slurm login node on 127.0.0.1 (scripts/test-cluster)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pixi_deploy.pack import DownloadCache
+from pixi_deploy.progress import NullReporter
+from pixi_deploy.store.remote import RemoteStore
+from pixi_deploy.testing.channel import build_channel, demo_specs, lock_workspace, with_bumped
+from pixi_deploy.transport import SSHSettings, Transport
+from pixi_deploy.workspace import load_workspace
+
+pytestmark = pytest.mark.cluster
+CLI = "import sys; from pixi_deploy.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@pytest.fixture
+def settings(test_cluster) -> SSHSettings:
+    c = test_cluster
+    return SSHSettings(
+        host=c.host,
+        port=c.port,
+        user=c.user,
+        key_path=c.key_path,
+        known_hosts=c.known_hosts,
+        ssh_config=None,
+    )
+
+
+@pytest.fixture
+def base(test_cluster) -> str:
+    return f"{test_cluster.base_path}/t-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def transport(settings: SSHSettings):
+    with Transport(settings) as t:
+        yield t
+
+
+def _env_ok(transport: Transport, path: str) -> bool:
+    script = '[ -f "$1/deployment_metadata.json" ] && [ -f "$1/activate.sh" ] && . "$1/activate.sh" && greet'
+    return transport.run_script(script, [path], check=False).exit_status == 0
+
+
+def test_cli_deploy_ssh_then_noop_then_run(
+    ssh_env, base: str, demo_ws: Path, tmp_path: Path, cli, monkeypatch
+) -> None:
+    monkeypatch.setenv("SLURM_DEPLOYMENT_BASE_PATH", base)
+    monkeypatch.setenv("PIXI_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    result = cli("deploy", "--target", "ssh", "--manifest-path", demo_ws, "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    key = load_workspace(demo_ws).resolve("default", "linux-64").short_hash
+    assert data["deployment_path"] == f"{base}/envs/{key}"
+    assert data["platform"] == "linux-64"  # detected from the edge node's uname
+    assert data["target"].startswith("ssh://pdtest@127.0.0.1:")
+    local = json.loads((tmp_path / "deployment_metadata.json").read_text())
+    assert local["deployment_path"] == data["deployment_path"]
+    out = subprocess.run(
+        ["jq", "-er", ".deployment_path", "deployment_metadata.json"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.stdout.strip() == data["deployment_path"]
+    again = cli("deploy", "--target", "ssh", "--manifest-path", demo_ws, "--json")
+    assert json.loads(again.stdout)["reused"] is True
+
+
+def test_noop_redeploy_is_one_round_trip(
+    settings: SSHSettings, base: str, demo_ws: Path, tmp_path: Path
+) -> None:
+    ws = load_workspace(demo_ws)
+    cache = DownloadCache(tmp_path / "cache")
+    with Transport(settings) as t:
+        first = RemoteStore(t, base).deploy(ws, cache=cache)
+        assert first.reused is False and _env_ok(t, first.deployment_path)
+        remote_copy = json.loads(t.read_bytes(f"{first.deployment_path}/deployment_metadata.json"))
+        assert remote_copy["lock_hash"] == first.lock_hash
+    with Transport(settings) as t:
+        again = RemoteStore(t, base).deploy(ws, cache=cache)
+        assert again.reused is True and again.deployment_path == first.deployment_path
+        assert t.stats.bytes_uploaded == 0
+        assert t.stats.commands_run == 1  # platform + presence in one probe
+        assert t.stats.connections_opened == 1
+
+
+def test_one_package_changed_moves_about_that_package(
+    transport: Transport, base: str, tmp_path: Path
+) -> None:
+    specs = demo_specs(("linux-64",))
+    build_channel(tmp_path / "c1", specs)
+    lock_workspace(
+        tmp_path / "w1",
+        tmp_path / "c1",
+        {"default": ["greet", "greet-config", "greet-data"]},
+        ["linux-64"],
+    )
+    # a new version of one package appears in the same channel, and the workspace re-locks
+    newer = [s for s in with_bumped(specs, "greet-data") if s.name == "greet-data"]
+    build_channel(tmp_path / "c1", specs + newer)
+    lock_workspace(
+        tmp_path / "w2",
+        tmp_path / "c1",
+        {"default": ["greet", "greet-config", "greet-data"]},
+        ["linux-64"],
+    )
+    store = RemoteStore(transport, base)
+    cache = DownloadCache(tmp_path / "cache")
+    store.deploy(load_workspace(tmp_path / "w1"), cache=cache)
+    cold = store.last_transfer
+    second = store.deploy(load_workspace(tmp_path / "w2"), cache=cache)
+    incremental = store.last_transfer
+    assert incremental.groups_sent == 1 and incremental.groups_total == cold.groups_total
+    assert incremental.bundle_bytes < cold.bundle_bytes
+    assert _env_ok(transport, second.deployment_path)
+    data = transport.run(["cat", f"{second.deployment_path}/share/greet-data/greetings.txt"]).stdout
+    assert data  # the changed package's files are there
+    # unchanged packages' files are hard links shared with the first environment
+    links = transport.run(
+        ["stat", "-c", "%h", f"{second.deployment_path}/etc/greet.conf"]
+    ).stdout.strip()
+    assert int(links) >= 3  # object + two environments
+
+
+def test_explicit_platform_wins(
+    transport: Transport, base: str, demo_ws: Path, tmp_path: Path
+) -> None:
+    metadata = RemoteStore(transport, base).deploy(
+        load_workspace(demo_ws), "default", "linux-aarch64", cache=DownloadCache(tmp_path / "c")
+    )
+    assert metadata.platform == "linux-aarch64"
+    meta = transport.run_script(
+        'cat "$1"/conda-meta/libgreet-*.json', [metadata.deployment_path]
+    ).stdout
+    assert '"subdir": "linux-aarch64"' in meta
+
+
+def test_names_list_prune_in_use(
+    transport: Transport, base: str, demo_ws: Path, tmp_path: Path
+) -> None:
+    store = RemoteStore(transport, base)
+    ws = load_workspace(demo_ws)
+    cache = DownloadCache(tmp_path / "c")
+    default = store.deploy(ws, "default", "linux-64", name="proj/v2024.02", cache=cache)
+    time.sleep(1.1)
+    extra = store.deploy(ws, "extra", "linux-64", cache=cache)
+    time.sleep(1.1)
+    arm = store.deploy(ws, "default", "linux-aarch64", cache=cache)
+    assert [d.deployment_path for d in store.deployments()] == [
+        arm.deployment_path,
+        extra.deployment_path,
+        default.deployment_path,
+    ]
+    assert store.names() == {"proj/v2024.02": default.deployment_path.rsplit("/", 1)[1]}
+    # a job holding the in-use lock of `extra` keeps it alive
+    key = extra.deployment_path.rsplit("/", 1)[1]
+    hold = 'exec 9>"$1" && flock -s 9 && echo held && exec sleep 600'
+    holder = transport.iter_lines(["sh", "-c", hold, "sh", f"{base}/locks/{key}.in-use"])
+    try:
+        assert next(iter(holder.follow()))[1] == "held"
+        assert store.prune(0) == [arm.deployment_path]
+    finally:
+        holder.close()
+    assert store.prune(0) == [extra.deployment_path]
+    assert [d.deployment_path for d in store.deployments()] == [default.deployment_path]
+    assert _env_ok(transport, default.deployment_path)
+    # objects no environment links any more were collected; the named one's remain
+    objects = transport.run_script('ls "$1/objects" | wc -l', [base]).stdout.strip()
+    assert int(objects) >= 1
+
+
+def test_concurrent_deploys_do_the_work_once(
+    settings: SSHSettings, base: str, demo_ws: Path, tmp_path: Path
+) -> None:
+    results = []
+
+    def one(i: int) -> None:
+        with Transport(settings) as t:
+            results.append(
+                RemoteStore(t, base).deploy(
+                    load_workspace(demo_ws), cache=DownloadCache(tmp_path / f"c{i}")
+                )
+            )
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(results) == 4
+    assert sorted(r.reused for r in results) == [False, True, True, True]
+    assert len({r.deployment_path for r in results}) == 1
+
+
+def test_kill_9_at_random_moments_keeps_store_consistent(
+    ssh_env, base: str, demo_ws: Path, tmp_path: Path, transport: Transport
+) -> None:
+    key = load_workspace(demo_ws).resolve("default", "linux-64").short_hash
+    final = f"{base}/envs/{key}"
+    env = {
+        **os.environ,
+        "SLURM_DEPLOYMENT_BASE_PATH": base,
+        "PIXI_DEPLOY_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    argv = [
+        sys.executable,
+        "-c",
+        CLI,
+        "deploy",
+        "--target",
+        "ssh",
+        "--manifest-path",
+        str(demo_ws),
+        "--metadata-out",
+        str(tmp_path / "m.json"),
+    ]
+    rng = random.Random(20)
+    seen = set()
+    for _ in range(20):
+        # a killed deploy's remote half may still be finishing: retry the cleanup briefly
+        wipe = 'for i in 1 2 3 4 5 6 7 8 9 10; do rm -rf "$1" 2>/dev/null && exit 0; sleep 0.3; done; exit 1'
+        transport.run_script(wipe, [f"{base}/envs"])
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 1.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        present = transport.run(["test", "-e", final], check=False).exit_status == 0
+        seen.add(present)
+        if present:
+            assert _env_ok(transport, final), "a present environment must be complete"
+    assert seen == {True, False}, "the kills should land both before and after completion"
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert _env_ok(transport, final)
+
+
+def test_paths_with_spaces_quotes_and_command_substitution(
+    transport: Transport, test_cluster, demo_ws: Path, tmp_path: Path
+) -> None:
+    canary = f"/tmp/pixi-deploy-pwned-{uuid.uuid4().hex[:6]}"
+    nasty = f"{test_cluster.base_path}/we ird 'q' \"dq\" $(touch {canary}) `touch {canary}`"
+    metadata = RemoteStore(transport, nasty).deploy(
+        load_workspace(demo_ws),
+        "default",
+        "linux-64",
+        cache=DownloadCache(tmp_path / "c"),
+        name="rel/v1",
+    )
+    assert metadata.deployment_path.startswith(nasty)
+    assert _env_ok(transport, metadata.deployment_path)
+    assert transport.run(["test", "-e", canary], check=False).exit_status != 0
+    assert not Path(canary).exists()
+
+
+def test_base_not_writable(ssh_env, demo_ws: Path, tmp_path: Path, cli, monkeypatch) -> None:
+    monkeypatch.setenv("SLURM_DEPLOYMENT_BASE_PATH", "/usr/share/pixi-deploy-not-yours")
+    result = cli(
+        "deploy", "--target", "ssh", "--manifest-path", demo_ws, "--cache-dir", tmp_path / "c"
+    )
+    assert result.exit_code == 5, result.stderr
+    assert "cannot write under /usr/share/pixi-deploy-not-yours" in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_remote_out_of_space(
+    ssh_env, test_cluster, tmp_path: Path, cli, monkeypatch, transport: Transport
+) -> None:
+    small = f"/home/{test_cluster.user}/small-{uuid.uuid4().hex[:6]}"
+    os.makedirs(small)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200k,mode=0777", "tmpfs", small], check=True
+    )
+    try:
+        specs = demo_specs(("linux-64",))
+        from pixi_deploy.testing.channel import GeneratedBytes, PackageSpec
+
+        specs.append(
+            PackageSpec(
+                name="big",
+                version="1",
+                subdir="linux-64",
+                files={"share/big.bin": GeneratedBytes(1, 600_000)},
+            )
+        )
+        build_channel(tmp_path / "ch", specs)
+        lock_workspace(
+            tmp_path / "ws", tmp_path / "ch", {"default": ["greet", "big"]}, ["linux-64"]
+        )
+        monkeypatch.setenv("SLURM_DEPLOYMENT_BASE_PATH", f"{small}/store")
+        result = cli(
+            "deploy",
+            "--target",
+            "ssh",
+            "--manifest-path",
+            tmp_path / "ws",
+            "--cache-dir",
+            tmp_path / "c",
+        )
+        assert result.exit_code in (5, 6), result.stderr
+        assert "space" in result.stderr
+        leftovers = transport.run_script(
+            'ls -A "$1/store/envs" 2>/dev/null || true', [small]
+        ).stdout.split()
+        assert [x for x in leftovers if not x.startswith(".")] == []
+    finally:
+        subprocess.run(["umount", "-l", small], check=False)
+        os.rmdir(small)
+
+
+def test_connection_cut_mid_upload_resumes(
+    settings: SSHSettings, base: str, tmp_path: Path
+) -> None:
+    from pixi_deploy.testing.channel import GeneratedBytes, PackageSpec
+
+    specs = [
+        PackageSpec(
+            name="bulk",
+            version="1",
+            subdir="linux-64",
+            files={"share/bulk.bin": GeneratedBytes(3, 60_000_000)},
+        )
+    ]
+    build_channel(tmp_path / "ch", specs)
+    lock_workspace(tmp_path / "ws", tmp_path / "ch", {"default": ["bulk"]}, ["linux-64"])
+
+    class CutOnce(NullReporter):
+        cut = False
+
+        def task(self, description, total):  # type: ignore[override]
+            from contextlib import contextmanager
+
+            @contextmanager
+            def ctx():
+                seen = [0]
+
+                def advance(n: int) -> None:
+                    seen[0] += n
+                    if description == "upload" and not self.cut and total and seen[0] > total // 3:
+                        self.cut = True
+                        subprocess.run(["pkill", "-KILL", "-f", "sshd: pdtest"], check=False)
+
+                yield advance
+
+            return ctx()
+
+    reporter = CutOnce()
+    with Transport(settings) as t:
+        metadata = RemoteStore(t, base).deploy(
+            load_workspace(tmp_path / "ws"), cache=DownloadCache(tmp_path / "c"), reporter=reporter
+        )
+        assert reporter.cut
+        assert t.stats.upload_resumes >= 1
+        size = t.run(
+            ["stat", "-c", "%s", f"{metadata.deployment_path}/share/bulk.bin"]
+        ).stdout.strip()
+        assert int(size) == 60_000_000
+        assert t.stats.bytes_uploaded < 60_000_000 * 1.9, "resumed, not restarted from zero"
+
+
+def test_wrong_password_is_one_line_without_secret(
+    ssh_env, test_cluster, demo_ws: Path, cli, monkeypatch
+) -> None:
+    secret = "Wr0ng-" + test_cluster.password
+    monkeypatch.delenv("SLURM_EDGE_NODE_KEY_PATH")
+    monkeypatch.setenv("SLURM_EDGE_NODE_PASSWORD", secret)
+    result = cli("deploy", "--target", "ssh", "--manifest-path", demo_ws)
+    assert result.exit_code == 6
+    assert secret not in result.stderr + result.stdout
+    monkeypatch.setenv("SLURM_EDGE_NODE_KEY_PATH", str(test_cluster.key_path))
+    result = cli("deploy", "--target", "ssh", "--manifest-path", demo_ws)
+    assert result.exit_code == 7 and "exactly one" in result.stderr
+    assert secret not in result.stderr
