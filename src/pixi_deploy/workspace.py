@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from pixi_deploy.errors import WorkspaceError
 MANIFEST_NAMES = ("pixi.toml", "pyproject.toml")
 LOCK_NAME = "pixi.lock"
 DEFAULT_ENVIRONMENT = "default"
+INJECTED = "pixi-deploy-injected"  # the channel name of conda packages added with --inject
 HASH_PATH_LENGTH = 16  # hex characters of the lock hash used in deployment paths
 
 
@@ -36,6 +37,12 @@ class PypiPackage:
     location: str
     sha256: str | None
     editable: bool = False
+    #: What makes this package part of the environment's identity when its archive's sha256 does
+    #: not: the content hash of a wheel built at pack time from a path dependency.
+    identity: str | None = None
+    #: Where the package came from when not straight from the lock: "path:<location>" (built from
+    #: a path dependency), "sdist:<file>" (built from an index sdist) or "inject".
+    origin: str = ""
 
     @property
     def is_path(self) -> bool:
@@ -72,11 +79,53 @@ class ResolvedEnvironment:
         return None
 
     def summary(self) -> dict[str, Any]:
-        return {
+        summary: dict[str, Any] = {
             "conda_packages": len(self.conda_records),
             "pypi_packages": len(self.pypi_packages),
             "hash": self.lock_hash,
         }
+        path_deps = [p for p in self.pypi_packages if p.is_path and not p.origin]
+        if path_deps:
+            # built into wheels at pack/deploy time; their content then joins the hash
+            summary["path_dependencies"] = [
+                {"name": p.name, "path": p.location, "editable": p.editable} for p in path_deps
+            ]
+        return summary
+
+    def with_packages(
+        self,
+        conda_records: tuple[rattler.RepoDataRecord, ...] | None = None,
+        pypi_packages: tuple[PypiPackage, ...] | None = None,
+    ) -> ResolvedEnvironment:
+        """A copy with other packages (built path dependencies, injected files), re-hashed."""
+        records = tuple(self.conda_records if conda_records is None else conda_records)
+        pypi = tuple(self.pypi_packages if pypi_packages is None else pypi_packages)
+        records = tuple(sorted(records, key=lambda r: r.name.normalized))
+        pypi = tuple(sorted(pypi, key=lambda p: p.name.lower()))
+        return replace(
+            self,
+            conda_records=records,
+            pypi_packages=pypi,
+            lock_hash=lock_hash(self.platform, list(records), list(pypi)),
+            virtual_packages=virtual_package_needs(
+                list(records), self.workspace.system_requirements()
+            ),
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        """Packages that did not come straight from the lock (for pack metadata)."""
+        added: dict[str, Any] = {}
+        built = [p for p in self.pypi_packages if p.origin.startswith(("path:", "sdist:"))]
+        if built:
+            added["path_dependencies"] = [
+                {"name": p.name, "version": p.version, "source": p.origin, "identity": p.identity}
+                for p in built
+            ]
+        injected = [p.filename for p in self.pypi_packages if p.origin == "inject"]
+        injected += [r.file_name for r in self.conda_records if str(r.channel) == INJECTED]
+        if injected:
+            added["injected"] = sorted(injected)
+        return added
 
 
 def find_manifest(manifest_path: Path | None = None, cwd: Path | None = None) -> Path:
@@ -306,7 +355,7 @@ def lock_hash(platform: str, records: list[rattler.RepoDataRecord], pypi: list[P
         digest = _hex(r.sha256) or _hex(r.md5) or str(r.url)
         lines.append(f"conda {r.name.normalized} {r.version} {r.build} {r.subdir} {digest}")
     for p in pypi:
-        lines.append(f"pypi {p.name.lower()} {p.version} {p.sha256 or p.location}")
+        lines.append(f"pypi {p.name.lower()} {p.version} {p.identity or p.sha256 or p.location}")
     lines.sort()
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 

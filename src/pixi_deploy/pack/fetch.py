@@ -4,7 +4,8 @@ Entries live at ``<cache>/pkgs/<sha256>/<filename>``: the lock's sha256 is the k
 is only ever one that matched it when it arrived, and the same package locked from a mirror or a
 local copy of a channel is fetched once. Verification happens as bytes arrive (rattler does not
 check ``file://`` packages, so we never rely on it), and files move into place atomically, so an
-interrupted download never leaves a wrong entry behind.
+interrupted download never leaves a wrong entry behind. ``http(s)`` URLs are fetched through
+:mod:`pixi_deploy.channels`: pixi's mirrors and the credentials pixi and rattler use.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from pixi_deploy.channels import ChannelSettings, redact
 from pixi_deploy.errors import FetchError
 from pixi_deploy.progress import Advance, NullReporter, Reporter
 from pixi_deploy.workspace import PypiPackage, ResolvedEnvironment
@@ -74,23 +75,37 @@ def artifacts_of(resolved: ResolvedEnvironment) -> list[Artifact]:
 
 
 def _pypi_artifact(package: PypiPackage) -> Artifact:
-    if package.is_path or package.sha256 is None:
-        raise FetchError(
-            f"PyPI package '{package.name}' is a path/source dependency ({package.location})",
-            "packing path dependencies is not supported yet; depend on a built wheel instead",
-        )
     filename = urllib.parse.unquote(package.filename.split("#", 1)[0])
+    if package.sha256 is None or (package.is_path and not filename.endswith(".whl")):
+        raise FetchError(
+            f"PyPI package '{package.name}' is a path dependency ({package.location}) "
+            "that has not been built",
+            "pack/deploy build it; from Python call "
+            "pixi_deploy.pack.inject.prepare_environment(resolved, cache) first",
+        )
     if not filename.endswith(".whl"):
         raise FetchError(
             f"PyPI package '{package.name}' is locked as a source distribution ({filename})",
-            "lock a wheel for it (pixi needs a wheel to install offline)",
+            "pass --build-sdists to build a wheel from it, or lock a wheel for it",
         )
     return Artifact("pypi", package.location, filename, package.sha256, None, package.name)
 
 
 class DownloadCache:
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, channels: ChannelSettings | None = None) -> None:
         self.root = (root or default_cache_dir()).expanduser()
+        self._channels = channels
+
+    @property
+    def channels(self) -> ChannelSettings:
+        """Mirrors and credentials for http(s) URLs (pixi's global configuration by default)."""
+        if self._channels is None:
+            self._channels = ChannelSettings.load()
+        return self._channels
+
+    @channels.setter
+    def channels(self, settings: ChannelSettings) -> None:
+        self._channels = settings
 
     def path_for(self, artifact: Artifact) -> Path:
         return self.root / "pkgs" / artifact.sha256 / artifact.filename
@@ -121,13 +136,13 @@ class DownloadCache:
         try:
             digest = hashlib.sha256()
             with os.fdopen(fd, "wb") as out:
-                for chunk in _open_chunks(artifact):
+                for chunk in _open_chunks(artifact, self.channels):
                     digest.update(chunk)
                     out.write(chunk)
                     advance(len(chunk))
             if digest.hexdigest() != artifact.sha256:
                 raise FetchError(
-                    f"{artifact.filename} from {_redact(artifact.url)} does not match the sha256 "
+                    f"{artifact.filename} from {redact(artifact.url)} does not match the sha256 "
                     f"in pixi.lock (got {digest.hexdigest()[:16]}…, want {artifact.sha256[:16]}…)",
                     "the channel serves a different file than was locked; re-lock or fix the mirror",
                 )
@@ -137,7 +152,7 @@ class DownloadCache:
         return target
 
 
-def _open_chunks(artifact: Artifact) -> Iterable[bytes]:
+def _open_chunks(artifact: Artifact, channels: ChannelSettings) -> Iterable[bytes]:
     url = artifact.url
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme in ("", "file"):
@@ -156,29 +171,15 @@ def _open_chunks(artifact: Artifact) -> Iterable[bytes]:
         return
     if parsed.scheme not in ("http", "https"):
         raise FetchError(f"{artifact.filename}: unsupported URL scheme '{parsed.scheme}'")
-    request = urllib.request.Request(url, headers={"User-Agent": "pixi-deploy"})  # noqa: S310
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (scheme checked)
+    with channels.open(url, artifact.filename) as response:
+        try:
             while chunk := response.read(CHUNK):
                 yield chunk
-    except (urllib.error.URLError, TimeoutError, OSError) as error:
-        reason = getattr(error, "reason", None) or error
-        raise FetchError(
-            f"{artifact.filename}: not in the download cache and {_redact(url)} is unreachable "
-            f"({reason})",
-            "connect to the network, or copy a filled cache (PIXI_DEPLOY_CACHE_DIR) here",
-        ) from error
-
-
-def _redact(url: str) -> str:
-    """A URL fit for messages: user info (tokens, passwords) removed."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.username or parsed.password:
-        netloc = parsed.hostname or ""
-        if parsed.port:
-            netloc += f":{parsed.port}"
-        parsed = parsed._replace(netloc=netloc)
-    return urllib.parse.urlunparse(parsed)
+        except (TimeoutError, OSError) as error:
+            raise FetchError(
+                f"{artifact.filename}: the download from {redact(url)} broke off ({error})",
+                "run the command again",
+            ) from None
 
 
 def copy_or_link(source: Path, target: Path) -> None:

@@ -121,6 +121,7 @@ def build_metadata(resolved: ResolvedEnvironment, artifacts: list[Artifact]) -> 
         files=files,
         python_version=resolved.python_version,
         workspace=resolved.workspace.name,
+        extra=resolved.provenance(),
     )
 
 
