@@ -45,3 +45,7 @@ def gpu(make_workspace: Callable[..., Workspace]) -> Workspace:
 def pyproject(make_workspace: Callable[..., Workspace]) -> Workspace:
     """pyproject.toml manifest with several environments."""
     return make_workspace("dagster-slurm-examples-v6")
+
+
+# Real registries, a busybox base image and tools for `pixi-deploy image` (tests/containers/test_image.py).
+from containers.registry_fixture import auth_registry, busybox_base, registry  # noqa: E402, F401

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from pixi_deploy.cli import EnvironmentOpt, JsonOpt, ManifestPath, stderr, stdout
+from pixi_deploy.cli import EnvironmentOpt, JsonOpt, ManifestPath, PlatformOpt, stderr, stdout
 from pixi_deploy.containers.apptainer import write_apptainer
 from pixi_deploy.containers.ci import CIOptions, write_github_workflows, write_gitlab_ci
 from pixi_deploy.containers.common import (
@@ -20,6 +20,15 @@ from pixi_deploy.containers.common import (
     plan_image,
 )
 from pixi_deploy.containers.dockerfile import write_dockerfile
+from pixi_deploy.containers.image import (
+    OUTPUTS,
+    ImageOptions,
+    ImageResult,
+    build_image,
+    build_image_from_pack,
+)
+from pixi_deploy.pack import DownloadCache
+from pixi_deploy.render import RichReporter
 from pixi_deploy.workspace import Workspace, load_workspace
 
 CudaOpt = Annotated[
@@ -280,7 +289,107 @@ def ci_gitlab(
     )
 
 
+def image(
+    tag: Annotated[
+        str, typer.Option("--tag", "-t", help="NAME:TAG; with --push NAME says where it goes")
+    ],
+    environment: EnvironmentOpt = None,
+    platform: PlatformOpt = None,
+    pack: Annotated[
+        Path | None, typer.Option("--pack", help="Build from this pack file instead of the lock")
+    ] = None,
+    base: Annotated[
+        str,
+        typer.Option(
+            "--base",
+            help="scratch, an OCI layout DIR[:TAG], an oci-archive FILE[:TAG] or a registry image",
+        ),
+    ] = "scratch",
+    output: Annotated[
+        str | None,
+        typer.Option("--output", help=f"{' | '.join(OUTPUTS)} [default: oci-dir unless --push]"),
+    ] = None,
+    dest: Annotated[
+        Path | None,
+        typer.Option("--dest", help="Where to write [default: ./NAME-TAG-PLATFORM.oci/.tar]"),
+    ] = None,
+    push: Annotated[
+        bool, typer.Option("--push", help="Push to the registry named by --tag")
+    ] = False,
+    prefix: Annotated[
+        str | None,
+        typer.Option("--prefix", help="Environment path in the image [/app/.pixi/envs/ENV]"),
+    ] = None,
+    cmd: Annotated[
+        str | None, typer.Option("--cmd", help="Default command (after activation)")
+    ] = None,
+    insecure_registry: Annotated[
+        bool,
+        typer.Option("--insecure-registry", help="Allow plain HTTP to a non-loopback registry"),
+    ] = False,
+    registry_user: Annotated[
+        str | None,
+        typer.Option(
+            "--registry-user",
+            help="Registry user; password from $PIXI_DEPLOY_REGISTRY_PASSWORD "
+            "[default: ~/.docker/config.json]",
+        ),
+    ] = None,
+    compression: Annotated[
+        str, typer.Option("--compression", help="Layer compression: gzip | none")
+    ] = "gzip",
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--cache-dir", help="Download + layer cache [default: ~/.cache/pixi-deploy]"),
+    ] = None,
+    manifest_path: ManifestPath = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Build an OCI image of the environment (one layer per package), no Docker needed."""
+    options = ImageOptions(
+        tag=tag,
+        base=base,
+        output=output,
+        dest=dest,
+        push=push,
+        prefix=prefix,
+        cmd=parse_cmd(cmd),
+        insecure_registry=insecure_registry,
+        registry_user=registry_user,
+        compression=compression,
+        cache=DownloadCache(cache_dir),
+    )
+    reporter = RichReporter(stderr, quiet=json_)
+    result: ImageResult
+    if pack is not None:
+        result = build_image_from_pack(pack, options, platform=platform, reporter=reporter)
+    else:
+        resolved = load_workspace(manifest_path).resolve(environment, platform)
+        result = build_image(resolved, options, reporter=reporter)
+    if json_:
+        stdout.print_json(json.dumps(result.to_json()))
+        return
+    reused = sum(1 for layer in result.layers if layer.cached)
+    stdout.print(
+        f"built {result.reference} ({result.platform}, {result.architecture}): "
+        f"{result.manifest_digest}, {result.base_layers} base + {len(result.layers)} layers "
+        f"({reused} reused)",
+        markup=False,
+    )
+    if result.output:
+        stdout.print(f"wrote {result.output_kind} {result.output}", markup=False)
+    if result.push:
+        stdout.print(
+            f"pushed {result.push.reference}: {len(result.push.uploaded)} blobs uploaded "
+            f"({result.push.bytes_uploaded} bytes), {len(result.push.skipped)} already there",
+            markup=False,
+        )
+    for note in result.notes:
+        stderr.print(f"[yellow]warning:[/] {note}")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("image")(image)
     app.command("dockerfile")(dockerfile)
     app.command("apptainer")(apptainer)
     ci_app = typer.Typer(
