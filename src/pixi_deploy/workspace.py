@@ -24,7 +24,9 @@ from pixi_deploy.errors import WorkspaceError
 MANIFEST_NAMES = ("pixi.toml", "pyproject.toml")
 LOCK_NAME = "pixi.lock"
 DEFAULT_ENVIRONMENT = "default"
-INJECTED = "pixi-deploy-injected"  # the channel name of conda packages added with --inject
+#: The channel recorded for conda packages added with ``--inject`` (rattler wants a URL; the
+#: ``.invalid`` domain never resolves, so nothing is ever fetched from it).
+INJECTED = "https://pixi-deploy.invalid/injected"
 HASH_PATH_LENGTH = 16  # hex characters of the lock hash used in deployment paths
 
 
@@ -87,8 +89,14 @@ class ResolvedEnvironment:
         path_deps = [p for p in self.pypi_packages if p.is_path and not p.origin]
         if path_deps:
             # built into wheels at pack/deploy time; their content then joins the hash
+            editable = self.workspace.editable_pypi_dependencies()
             summary["path_dependencies"] = [
-                {"name": p.name, "path": p.location, "editable": p.editable} for p in path_deps
+                {
+                    "name": p.name,
+                    "path": p.location,
+                    "editable": p.editable or _norm_pypi(p.name) in editable,
+                }
+                for p in path_deps
             ]
         return summary
 
@@ -122,7 +130,7 @@ class ResolvedEnvironment:
                 for p in built
             ]
         injected = [p.filename for p in self.pypi_packages if p.origin == "inject"]
-        injected += [r.file_name for r in self.conda_records if str(r.channel) == INJECTED]
+        injected += [r.file_name for r in self.conda_records if is_injected(r)]
         if injected:
             added["injected"] = sorted(injected)
         return added
@@ -226,6 +234,20 @@ class Workspace:
             del no_default  # the default feature never narrows platforms further
             declared[str(env_name)] = env_platforms
         return declared
+
+    def editable_pypi_dependencies(self) -> set[str]:
+        """Normalized names of the manifest's ``editable = true`` PyPI dependencies (any feature)."""
+        tables = [self._pixi.get("pypi-dependencies") or {}]
+        for feature in (self._pixi.get("feature") or {}).values():
+            if isinstance(feature, dict):
+                tables.append(feature.get("pypi-dependencies") or {})
+        return {
+            _norm_pypi(str(name))
+            for table in tables
+            if isinstance(table, dict)
+            for name, spec in table.items()
+            if isinstance(spec, dict) and spec.get("editable") is True
+        }
 
     def system_requirements(self) -> dict[str, str]:
         table = self._pixi.get("system-requirements", {}) or {}
@@ -405,6 +427,15 @@ def _pypi(package: Any) -> PypiPackage:
         sha256=sha,
         editable=bool(getattr(package, "editable", False)),
     )
+
+
+def is_injected(record: rattler.RepoDataRecord) -> bool:
+    """Whether a conda record was added with ``--inject`` rather than locked."""
+    return str(record.channel or "").rstrip("/") == INJECTED
+
+
+def _norm_pypi(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
 
 
 def _hex(value: bytes | str | None) -> str | None:

@@ -30,7 +30,7 @@ from pixi_deploy.errors import PackError
 from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.pathdeps import build_path_dependencies
 from pixi_deploy.progress import NullReporter, Reporter
-from pixi_deploy.workspace import INJECTED, PypiPackage, ResolvedEnvironment
+from pixi_deploy.workspace import INJECTED, PypiPackage, ResolvedEnvironment, is_injected
 
 CONDA_SUFFIXES = (".conda", ".tar.bz2")
 
@@ -89,8 +89,9 @@ def _conda_record(path: Path) -> rattler.RepoDataRecord:
             f"--inject {path.name}: not a readable conda package ({first})",
             "pass a .conda or .tar.bz2 built by conda-build, rattler-build or pixi build",
         ) from error
-    # a channel name marks it as injected (in pack metadata and the pack's own pixi.lock)
-    return rattler.RepoDataRecord(record, record.file_name, path.as_uri(), INJECTED)
+    # the channel marks it as injected (in pack metadata and the pack's own pixi.lock)
+    record.channel = INJECTED
+    return record
 
 
 def _check_subdir(record: rattler.RepoDataRecord, platform: str) -> None:
@@ -105,7 +106,7 @@ def _check_subdir(record: rattler.RepoDataRecord, platform: str) -> None:
 def check_consistency(records: Sequence[rattler.RepoDataRecord]) -> None:
     """Every depends/constrains of an injected record, and every one naming it, must hold."""
     by_name = {r.name.normalized: r for r in records}
-    injected = [r for r in records if str(r.channel) == INJECTED]
+    injected = [r for r in records if is_injected(r)]
     injected_names = {r.name.normalized for r in injected}
     for record in records:
         for spec_text, kind in _specs(record):
@@ -113,8 +114,8 @@ def check_consistency(records: Sequence[rattler.RepoDataRecord]) -> None:
             name = _spec_name(spec)
             if name is None or name.startswith("__"):
                 continue
-            is_injected = str(record.channel) == INJECTED
-            if not is_injected and name not in injected_names:
+            injected_record = is_injected(record)
+            if not injected_record and name not in injected_names:
                 continue  # locked against locked: the solver already checked it
             target = by_name.get(name)
             if target is None:
@@ -126,7 +127,7 @@ def check_consistency(records: Sequence[rattler.RepoDataRecord]) -> None:
                     )
                 continue
             if not spec.matches(target):
-                first, second = (record, target) if is_injected else (target, record)
+                first, second = (record, target) if injected_record else (target, record)
                 verb = "depends on" if kind == "depends" else "constrains"
                 raise PackError(
                     f"injected {_label(first)} conflicts with {_label(second)}: "

@@ -37,8 +37,7 @@ from pixi_deploy.workspace import ResolvedEnvironment
 #: Longest target path the script accepts. Must not exceed any package's binary placeholder
 #: (conda-build's is 255 characters), since rattler patches those with this one first.
 PLACEHOLDER_LENGTH = 200
-# a space in it makes every generated script quote the prefix, as a target with spaces needs
-PLACEHOLDER = ("/pixi_deploy self_extract" + "_placeholder" * 20)[:PLACEHOLDER_LENGTH]
+PLACEHOLDER = ("/pixi_deploy_self_extract" + "_placeholder" * 20)[:PLACEHOLDER_LENGTH]
 RELOCATE_NAME = ".pixi-deploy-relocate"
 BLOCK = 4096
 FIXED_MTIME = 315532800
@@ -77,9 +76,7 @@ def write_self_extracting(
     except OSError as error:
         raise store_error_from_os(error, output.parent) from error
     try:
-        # a space in the staging path makes rattler quote the paths of activate.sh, which
-        # names the staging folder before it is rewritten for the placeholder
-        prefix = work / "self extract prefix"
+        prefix = work / "prefix"
         reporter.step(f"laying out {len(artifacts)} packages for a relocatable installer")
         lay_out_prefix(
             list(resolved.conda_records),

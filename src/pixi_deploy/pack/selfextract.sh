@@ -90,11 +90,9 @@ while :; do
         *) break ;;
     esac
 done
-nl='
-'
 case $target in
-    *"$nl"*|*'"'*|*"'"*|*'$'*|*'`'*|*'\'*)
-        die "the target path must not contain newlines, quotes, \$, \` or backslashes" 2 ;;
+    *[!A-Za-z0-9/._+@%,=~-]*)
+        die "the target path may contain only letters, digits and / . _ - + @ % , = ~ (scripts and PATH embed it)" 2 ;;
 esac
 [ ${#target} -le $PLACEHOLDER_LENGTH ] || die "the target path is ${#target} characters long; this environment can be installed at paths of at most $PLACEHOLDER_LENGTH" 2
 if [ -e "$target" ] || [ -L "$target" ]; then
