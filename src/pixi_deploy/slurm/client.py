@@ -1,0 +1,253 @@
+"""SlurmClient: submit, query, cancel and reattach jobs over the process's one SSH connection.
+
+Submitting is one round trip (unpack the run folder from a tar on stdin, sbatch, remember the
+run folder by job id). Querying many jobs is one ``squeue``; only jobs squeue cannot finish
+describing cost a second call (sacct with accounting, otherwise scontrol and the jobcomp file).
+Waiting jobs share one poller thread, so 100 threads waiting on 100 jobs cause one squeue per
+interval, not 100.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from pixi_deploy.errors import SchedulerError, TransportError
+from pixi_deploy.transport import RemoteCommandError, Transport
+
+from . import remote, script, states
+from .job import Job
+from .spec import JobSpec, JobStatus
+
+
+class SlurmClient:
+    """Slurm on the cluster behind ``transport``; runs live under ``base_path/runs``."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        base_path: str,
+        *,
+        use_sacct: bool | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.transport = transport
+        self.base = transport.expand_path(base_path).rstrip("/") or "/"
+        self.poll_interval = poll_interval
+        self._use_sacct = use_sacct
+        self._jobcomp: str | None = None
+        self._probed = False
+        self._probe_lock = threading.Lock()
+        self.squeue_calls = 0
+        self._poller: _Poller | None = None
+        self._poller_lock = threading.Lock()
+
+    # -- facts about the cluster ----------------------------------------------------------
+    def _probe(self) -> None:
+        with self._probe_lock:
+            if self._probed:
+                return
+            out = self.transport.run_script(remote.PROBE, check=False).stdout
+            facts = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+            if self._use_sacct is None:
+                self._use_sacct = facts.get("sacct") == "1"
+            self._jobcomp = facts.get("jobcomp", "").strip() or None
+            self._probed = True
+
+    @property
+    def use_sacct(self) -> bool:
+        """Whether finished jobs are looked up with sacct (detected once unless given)."""
+        if self._use_sacct is None:
+            self._probe()
+        return bool(self._use_sacct)
+
+    # -- jobs -------------------------------------------------------------------------------
+    def submit(self, spec: JobSpec) -> Job:
+        """Write the run folder and sbatch the job script; returns at once (see Job.wait)."""
+        spec.check()
+        run_id = script.new_run_id()
+        run_dir = f"{self.base}/runs/{run_id}"
+        text = script.job_script(spec, run_dir)
+        data = script.bundle(spec, script.JOB_SCRIPT, text)
+        args = [run_dir, spec.environment_path or "", self.base, run_id]
+        try:
+            out = self.transport.run_script(remote.SUBMIT, args, input=data).stdout
+        except RemoteCommandError as error:
+            raise submit_error(error, spec) from error
+        job_id = out.strip().splitlines()[-1] if out.strip() else ""
+        if not job_id.replace("_", "").isdigit():
+            raise SchedulerError(f"sbatch printed no job id (got {out.strip()[:80]!r})")
+        return Job(self, job_id, run_dir, resources=spec.resources, array=spec.array is not None)
+
+    def job(self, job_id: str) -> Job:
+        """Reattach to a job submitted earlier (by any process) through its job id."""
+        job_id = str(job_id).strip()
+        if not job_id.isdigit():
+            raise SchedulerError(
+                f"{job_id!r} is not a Slurm job id", "pass the number sbatch printed"
+            )
+        result = self.transport.run_script(remote.REATTACH, [self.base, job_id], check=False)
+        lines = result.stdout.splitlines()
+        if result.exit_status != 0 or not lines:
+            raise SchedulerError(
+                f"job {job_id} was not submitted by pixi-deploy under {self.base}",
+                "check the job id and SLURM_DEPLOYMENT_BASE_PATH",
+            )
+        directives = dict(d.split("=", 1) for d in lines[1:] if d.startswith("--") and "=" in d)
+        job = Job(self, job_id, lines[0], array="--array" in directives)
+        job.mem = directives.get("--mem")
+        job.time_limit = directives.get("--time")
+        return job
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """The status of many jobs: one squeue, plus one sacct/scontrol for the ended ones."""
+        ids = list(dict.fromkeys(str(i) for i in job_ids))
+        if not ids:
+            return {}
+        self.squeue_calls += 1
+        out = self.transport.run_script(remote.SQUEUE, [",".join(ids), states.SQUEUE_FORMAT]).stdout
+        rows = states.parse_squeue(out)
+        result: dict[str, JobStatus] = {}
+        detail: list[str] = []
+        for job_id in ids:
+            status = states.combine(job_id, rows)
+            if states.needs_detail(status):
+                detail.append(job_id)
+            if status is not None:
+                result[job_id] = status
+        if detail:
+            result.update(self._details(detail, result))
+        return result
+
+    def _details(self, ids: list[str], squeue: dict[str, JobStatus]) -> dict[str, JobStatus]:
+        """Exit codes for ended jobs: sacct if it works and already knows, else scontrol/jobcomp."""
+        found: dict[str, JobStatus] = {}
+        rest = ids
+        if self.use_sacct:
+            out = self.transport.run(
+                ["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", states.SACCT_FIELDS],
+                check=False,
+            ).stdout
+            rows = states.parse_sacct(out)
+            for job_id in ids:
+                status = states.combine(job_id, rows)
+                if status is not None and status.final:
+                    found[job_id] = status
+            rest = [i for i in ids if i not in found]
+        if rest:
+            self._probe()
+            out = self.transport.run_script(
+                remote.SCONTROL, [self._jobcomp or "", *rest], check=False
+            ).stdout
+            rows = states.parse_key_values(out, "scontrol")
+            for job_id in rest:
+                status = states.combine(job_id, rows)
+                if status is not None and status.final:
+                    found[job_id] = status
+                elif job_id in squeue:
+                    found[job_id] = squeue[job_id]  # ended a moment ago; details follow
+                else:
+                    found[job_id] = states.unknown(job_id)
+        return found
+
+    def status(self, job_id: str) -> JobStatus:
+        return self.states([job_id]).get(job_id) or states.unknown(job_id)
+
+    def cancel(self, job_id: str) -> None:
+        """scancel; cancelling a job that already ended is not an error."""
+        result = self.transport.run(["scancel", str(job_id)], check=False)
+        if result.exit_status != 0 and "already completing or completed" not in result.stderr:
+            if "Invalid job id" in result.stderr:
+                return
+            raise SchedulerError(f"scancel {job_id} failed: {result.stderr.strip()[:200]}")
+
+    # -- shared polling -----------------------------------------------------------------------
+    @property
+    def poller(self) -> _Poller:
+        with self._poller_lock:
+            if self._poller is None:
+                self._poller = _Poller(self)
+            return self._poller
+
+
+def submit_error(error: RemoteCommandError, spec: JobSpec) -> SchedulerError:
+    text = error.stderr.strip()
+    if "pixi-deploy-missing-environment" in text:
+        return SchedulerError(
+            f"the environment {spec.environment_path} does not exist on the cluster "
+            "(pruned or never deployed)",
+            "deploy it again with `pixi-deploy deploy --target ssh`",
+        )
+    lines = [line for line in text.splitlines() if line.strip()]
+    detail = " ".join(lines[-1].split()) if lines else f"exit status {error.exit_status}"
+    return SchedulerError(f"sbatch refused the job: {detail}", "fix the option it names")
+
+
+class _Poller:
+    """One thread asking for the states of all jobs being waited on, every interval.
+
+    Waiters read ``latest`` and block on ``changed``; a lost connection is retried (the
+    transport reconnects) and only reported to waiters after ``give_up`` seconds.
+    """
+
+    def __init__(self, client: SlurmClient, give_up: float = 180.0) -> None:
+        self.client = client
+        self.give_up = give_up
+        self.changed = threading.Condition()
+        self.latest: dict[str, JobStatus] = {}
+        self.generation = 0
+        self.error: BaseException | None = None
+        self._watched: dict[str, int] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, job_id: str) -> None:
+        with self.changed:
+            self._watched[job_id] = self._watched.get(job_id, 0) + 1
+            if self._thread is None or not self._thread.is_alive():
+                self.error = None
+                self._thread = threading.Thread(
+                    target=self._run, name="pixi-deploy-squeue", daemon=True
+                )
+                self._thread.start()
+
+    def unwatch(self, job_id: str) -> None:
+        with self.changed:
+            count = self._watched.get(job_id, 0) - 1
+            if count <= 0:
+                self._watched.pop(job_id, None)
+                self.latest.pop(job_id, None)
+            else:
+                self._watched[job_id] = count
+
+    def _run(self) -> None:
+        failing_since: float | None = None
+        while True:
+            with self.changed:
+                ids = list(self._watched)
+                if not ids:
+                    self._thread = None
+                    return
+            started = time.monotonic()
+            try:
+                found = self.client.states(ids)
+                failing_since = None
+            except TransportError as error:
+                failing_since = failing_since or started
+                if started - failing_since > self.give_up:
+                    with self.changed:
+                        self.error = error
+                        self.changed.notify_all()
+                time.sleep(self.client.poll_interval)
+                continue
+            except BaseException as error:  # a bug: tell the waiters rather than hang them
+                with self.changed:
+                    self.error = error
+                    self.changed.notify_all()
+                    self._thread = None
+                return
+            with self.changed:
+                self.latest.update(found)
+                self.generation += 1
+                self.changed.notify_all()
+            time.sleep(max(0.0, self.client.poll_interval - (time.monotonic() - started)))

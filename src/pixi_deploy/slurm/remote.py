@@ -1,0 +1,92 @@
+"""POSIX sh run on the login node for Slurm work. Values always arrive as "$1" "$2" ... (quoted
+by the transport), never pasted into the script text. Each script is one SSH round trip.
+"""
+
+# Detect once per client: does sacct work (accounting), and where is the jobcomp file?
+PROBE = r"""
+if sacct -n -X -j 1 -o JobID >/dev/null 2>&1; then echo sacct=1; else echo sacct=0; fi
+scontrol show config 2>/dev/null | sed -n 's/^JobCompLoc *= *//p' | head -n 1 | sed 's/^/jobcomp=/'
+"""
+
+# Submit: unpack the run folder (0700, files 0600) from the tar on stdin, sbatch, remember the
+# run folder by job id.  $1 = run dir, $2 = environment ('' = none), $3 = base, $4 = run id,
+# then extra sbatch arguments.
+SUBMIT = r"""
+set -e
+umask 077
+run=$1; env=$2; base=$3; rid=$4; shift 4
+if [ -n "$env" ] && [ ! -f "$env/activate.sh" ]; then
+  echo "pixi-deploy-missing-environment" >&2; exit 97
+fi
+mkdir -p "$run" "$base/runs/by-id"
+tar -xf - -C "$run"
+out=$(cd "$run" && sbatch --parsable "$@" job.sh)
+id=${out%%;*}
+ln -sfn "../$rid" "$base/runs/by-id/$id"
+printf '%s\n' "$id"
+"""
+
+# Prepare a session step's folder (no sbatch).  $1 = run dir, $2 = environment ('' = none)
+PREPARE = r"""
+set -e
+umask 077
+run=$1; env=$2
+if [ -n "$env" ] && [ ! -f "$env/activate.sh" ]; then
+  echo "pixi-deploy-missing-environment" >&2; exit 97
+fi
+mkdir -p "$run"
+tar -xf - -C "$run"
+"""
+
+# One squeue for many jobs; "Invalid job id" when none of them is known any more is not an error.
+SQUEUE = r"""
+out=$(squeue -h -t all -j "$1" -o "$2" 2>&1); rc=$?
+if [ $rc -ne 0 ]; then
+  case $out in *"Invalid job id"*) exit 0 ;; esac
+  printf '%s\n' "$out" >&2; exit $rc
+fi
+printf '%s\n' "$out"
+"""
+
+# scontrol for each job, the jobcomp file for the ones scontrol forgot.  $1 = jobcomp path or ''
+SCONTROL = r"""
+jc=$1; shift
+for id; do
+  out=$(scontrol -o show job "$id" 2>/dev/null)
+  if [ -n "$out" ]; then printf '%s\n' "$out"; continue; fi
+  if [ -n "$jc" ] && [ -r "$jc" ]; then grep -E "^JobId=$id " "$jc" | tail -n 1; fi
+done
+true
+"""
+
+# Find a job's run folder and its directives.  $1 = base, $2 = job id
+REATTACH = r"""
+run=$(readlink -f -- "$1/runs/by-id/$2") || exit 3
+[ -d "$run" ] || exit 3
+printf '%s\n' "$run"
+sed -n 's/^#SBATCH //p' "$run/job.sh" 2>/dev/null
+"""
+
+# The last bytes of every log of a run (arrays: one per task), then drop the secrets file.
+# Output: per file "\036NAME\n" + content.  $1 = run dir, $2 = max bytes (0 = whole file),
+# $3 = 1 to remove the secrets file (the job has ended)
+TAILS = r"""
+run=$1; n=$2; cleanup=$3
+for f in "$run"/stdout*.log "$run"/stderr*.log; do
+  [ -f "$f" ] || continue
+  printf '\036%s\n' "${f##*/}"
+  if [ "$n" -gt 0 ]; then tail -c "$n" -- "$f"; else cat -- "$f"; fi
+done
+if [ "$cleanup" = 1 ]; then rm -f -- "$run/secrets.env"; fi
+true
+"""
+
+# Follow a job's two log files from given line numbers: stdout file -> our stdout, stderr file
+# -> our stderr. The transport's watchdog kills the shell; the trap takes both tails along.
+# $1 = stdout file, $2 = stderr file, $3/$4 = first line to show of each
+FOLLOW = r"""
+tail -n "+$3" -s 0.2 -F -- "$1" 2>/dev/null & a=$!
+tail -n "+$4" -s 0.2 -F -- "$2" >&2 2>/dev/null & b=$!
+trap 'kill $a $b 2>/dev/null; exit 0' TERM INT HUP
+wait
+"""

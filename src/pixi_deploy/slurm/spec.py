@@ -1,0 +1,204 @@
+"""What a job asks for (JobSpec, JobResources) and what it ended as (JobStatus, JobResult).
+
+These are plain dataclasses so that the CLI, the Dagster resources and tests build them the same
+way, and so that a result can be printed as JSON. The one-line messages for failed states live
+here, next to the states they describe, because both the CLI and Python callers raise them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pixi_deploy.errors import SchedulerError
+
+if TYPE_CHECKING:
+    from pixi_deploy.launchers import Launcher
+
+# States after which a job never changes again (squeue/sacct/scontrol spellings).
+FINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "OUT_OF_MEMORY",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "CANCELLED",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "SPECIAL_EXIT",
+        "REVOKED",
+    }
+)
+ACTIVE_STATES = frozenset(
+    {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "SUSPENDED", "STOPPED"}
+)
+
+
+@dataclass
+class JobResources:
+    """sbatch options; None means "the cluster's default". ``extra_sbatch`` passes lines through."""
+
+    partition: str | None = None
+    nodes: int | None = None
+    ntasks: int | None = None
+    cpus_per_task: int | None = None
+    mem: str | None = None
+    gpus: str | int | None = None
+    time: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    reservation: str | None = None
+    constraint: str | None = None
+    extra_sbatch: list[str] = field(default_factory=list)
+
+    def options(self) -> list[str]:
+        """The ``--name=value`` options, in a stable order (also used for srun steps)."""
+        pairs: list[tuple[str, object]] = [
+            ("partition", self.partition),
+            ("nodes", self.nodes),
+            ("ntasks", self.ntasks),
+            ("cpus-per-task", self.cpus_per_task),
+            ("mem", self.mem),
+            ("gpus", self.gpus),
+            ("time", self.time),
+            ("account", self.account),
+            ("qos", self.qos),
+            ("reservation", self.reservation),
+            ("constraint", self.constraint),
+        ]
+        out = [f"--{name}={value}" for name, value in pairs if value not in (None, "")]
+        for extra in self.extra_sbatch:
+            extra = extra.strip()
+            if extra:
+                out.append(extra if extra.startswith("-") else f"--{extra}")
+        for option in out:
+            if "\n" in option or "\r" in option or "\0" in option:
+                raise SchedulerError(
+                    f"the sbatch option {option!r} contains a line break",
+                    "pass each option as one line",
+                )
+        return out
+
+
+@dataclass
+class JobSpec:
+    """One run: a command (argv) or a bash script body, in a deployed environment or none."""
+
+    command: Sequence[str] | None = None
+    script: str | None = None
+    environment_path: str | None = None
+    name: str = "pixi-deploy"
+    resources: JobResources = field(default_factory=JobResources)
+    env: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    array: str | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+    launcher: Launcher | None = None
+
+    def check(self) -> None:
+        """Refuse specs that cannot run before anything is sent to the cluster."""
+        if (self.command is None) == (self.script is None):
+            raise SchedulerError("a job needs exactly one of `command` or `script`")
+        if self.command is not None and (isinstance(self.command, str) or not self.command):
+            raise SchedulerError(
+                "the job command must be a non-empty argument list", "e.g. ['python', 'x.py']"
+            )
+        for name in self.files:
+            parts = name.split("/")
+            if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                raise SchedulerError(
+                    f"payload file name {name!r} must be a relative path inside the run dir"
+                )
+
+
+@dataclass
+class JobStatus:
+    """Where a job is now. ``state`` is Slurm's word (PENDING, RUNNING, COMPLETED, ...)."""
+
+    job_id: str
+    state: str
+    reason: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    source: str = "squeue"  # which command told us: squeue, sacct, scontrol, jobcomp
+    tasks: dict[str, JobStatus] = field(default_factory=dict)  # array tasks
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def running(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def pending(self) -> bool:
+        return not self.final and not self.running
+
+
+@dataclass
+class JobResult:
+    """How a job ended, with the tails of its output for error messages."""
+
+    job_id: str
+    state: str
+    exit_code: int | None
+    signal: int | None
+    reason: str
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    mem: str | None = None
+    time_limit: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "COMPLETED" and (self.exit_code or 0) == 0
+
+    def message(self) -> str:
+        """One line saying what happened and what to do about it."""
+        jid = f"job {self.job_id}"
+        tail = _last_line(self.stderr_tail)
+        detail = f": {tail}" if tail else ""
+        state = self.state
+        if state == "COMPLETED" and not self.exit_code:
+            return f"{jid} completed"
+        if state == "OUT_OF_MEMORY":
+            mem = f" (--mem={self.mem})" if self.mem else ""
+            return f"{jid} ran out of memory{mem}; raise --mem"
+        if state == "TIMEOUT":
+            limit = f" ({self.time_limit})" if self.time_limit else ""
+            return f"{jid} hit its time limit{limit}; raise --time{self.reason_suffix()}"
+        if state == "CANCELLED":
+            return f"{jid} was cancelled{self.reason_suffix()}"
+        if state == "NODE_FAIL":
+            return f"{jid} failed because its node failed; resubmit it"
+        if state == "PREEMPTED":
+            return f"{jid} was preempted by a higher-priority job; resubmit it or use another qos"
+        if state == "BOOT_FAIL":
+            return f"{jid} could not start because its node failed to boot; resubmit it"
+        if state == "DEADLINE":
+            return f"{jid} missed its deadline; resubmit it with a later --deadline"
+        if self.signal:
+            return f"{jid} was killed by signal {self.signal}{detail}"
+        code = self.exit_code if self.exit_code is not None else "unknown"
+        return f"{jid} failed with exit code {code}{detail}"
+
+    def reason_suffix(self) -> str:
+        return f" ({self.reason})" if self.reason and self.reason != "None" else ""
+
+    def raise_for_state(self) -> None:
+        """Raise SchedulerError (exit code 8) unless the job completed with exit code 0."""
+        if not self.ok:
+            raise SchedulerError(self.message())
+
+
+def _last_line(text: str, limit: int = 200) -> str:
+    for line in reversed(text.strip().splitlines()):
+        line = " ".join(line.split())
+        if line:
+            return line if len(line) <= limit else line[: limit - 1] + "…"
+    return ""

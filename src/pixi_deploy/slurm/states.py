@@ -1,0 +1,179 @@
+"""Reading job states from squeue, sacct, scontrol and the jobcomp file, and mapping them to results.
+
+squeue is cheap and answers for many jobs in one call, but forgets a job ``MinJobAge`` seconds
+after it ends and never reports exit codes; sacct has everything when the cluster runs
+accounting, but learns of a job's end a moment late; ``scontrol show job`` knows exit codes
+until ``MinJobAge``; the jobcomp file (if the site writes one and we may read it) is the last
+resort. The parsers here are pure functions so they can be tested on captured output.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from .spec import FINAL_STATES, JobResult, JobStatus
+
+SQUEUE_FORMAT = "%i|%T|%r"
+SACCT_FIELDS = "JobID,State,ExitCode,Reason"
+# Memory trouble that Slurm writes into a job's stderr when it does not say OUT_OF_MEMORY
+# itself (no cgroups: OverMemoryKill; or a step killed by the cgroup OOM killer).
+_OOM_TEXT = re.compile(
+    r"exceeded (job )?memory limit|oom-kill|out of memory|oom_kill|Out Of Memory", re.IGNORECASE
+)
+_KV = re.compile(r"(\w+)=(\S*)")
+
+
+def normalize_state(raw: str) -> tuple[str, str]:
+    """``CANCELLED by 1001`` -> (``CANCELLED``, ``by 1001``); ``COMPLETED+`` -> ``COMPLETED``."""
+    word, _, rest = raw.strip().partition(" ")
+    return word.rstrip("+").upper(), rest.strip()
+
+
+def parse_exit_code(raw: str) -> tuple[int | None, int | None]:
+    """Slurm's ``EXIT:SIGNAL`` pair; a signal of 0 means none."""
+    code, _, sig = raw.strip().partition(":")
+    try:
+        exit_code = int(code)
+    except ValueError:
+        return None, None
+    try:
+        signal = int(sig) if sig else 0
+    except ValueError:
+        signal = 0
+    return exit_code, (signal or None)
+
+
+def parse_squeue(text: str) -> dict[str, JobStatus]:
+    """Rows of ``squeue -h -o '%i|%T|%r'`` keyed by job id (``123`` or ``123_4``)."""
+    found: dict[str, JobStatus] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3 or not parts[0]:
+            continue
+        state, _ = normalize_state(parts[1])
+        found[parts[0]] = JobStatus(parts[0], state, parts[2], source="squeue")
+    return found
+
+
+def parse_sacct(text: str) -> dict[str, JobStatus]:
+    """Rows of ``sacct -n -P -X -o JobID,State,ExitCode,Reason``."""
+    found: dict[str, JobStatus] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 4 or not parts[0]:
+            continue
+        state, extra = normalize_state(parts[1])
+        code, sig = parse_exit_code(parts[2])
+        reason = parts[3] if parts[3] not in ("", "None") else extra
+        found[parts[0]] = JobStatus(parts[0], state, reason, code, sig, source="sacct")
+    return found
+
+
+def parse_key_values(text: str, source: str) -> dict[str, JobStatus]:
+    """One-line ``KEY=VALUE`` records: ``scontrol -o show job`` and jobcomp/filetxt lines."""
+    found: dict[str, JobStatus] = {}
+    for line in text.splitlines():
+        fields = dict(_KV.findall(line))
+        job_id = fields.get("JobId")
+        if not job_id or "JobState" not in fields:
+            continue
+        array_job, task = fields.get("ArrayJobId"), fields.get("ArrayTaskId")
+        if array_job and task and task not in ("N/A", "4294967294") and "[" not in task:
+            job_id = f"{array_job}_{task}"
+        state, _ = normalize_state(fields["JobState"])
+        code, sig = parse_exit_code(fields.get("ExitCode", ""))
+        reason = fields.get("Reason", "")
+        found[job_id] = JobStatus(
+            job_id, state, "" if reason == "None" else reason, code, sig, source
+        )
+    return found
+
+
+def rows_for(job_id: str, rows: Mapping[str, JobStatus]) -> dict[str, JobStatus]:
+    """The rows that belong to a job: itself, or its array tasks (``ID_N``, ``ID_[..]``)."""
+    prefix = f"{job_id}_"
+    return {k: v for k, v in rows.items() if k == job_id or k.startswith(prefix)}
+
+
+def combine(job_id: str, rows: Mapping[str, JobStatus]) -> JobStatus | None:
+    """One status for a job from its rows; an array's is the worst of its tasks' once all end."""
+    mine = rows_for(job_id, rows)
+    if not mine:
+        return None
+    if list(mine) == [job_id]:
+        return mine[job_id]
+    tasks = dict(sorted(mine.items(), key=lambda kv: _task_order(kv[0])))
+    source = next(iter(tasks.values())).source
+    if any(not t.final for t in tasks.values()):
+        state = "RUNNING" if any(t.running for t in tasks.values()) else "PENDING"
+        return JobStatus(job_id, state, "", source=source, tasks=tasks)
+    bad = [t for t in tasks.values() if t.state != "COMPLETED" or t.exit_code]
+    if not bad:
+        return JobStatus(job_id, "COMPLETED", "", 0, None, source, tasks)
+    worst = bad[0]
+    reason = f"array task {worst.job_id}" + (f": {worst.reason}" if worst.reason else "")
+    return JobStatus(job_id, worst.state, reason, worst.exit_code, worst.signal, source, tasks)
+
+
+def _task_order(key: str) -> tuple[int, str]:
+    _, _, task = key.partition("_")
+    return (int(task), "") if task.isdigit() else (1 << 30, task)
+
+
+def needs_detail(status: JobStatus | None) -> bool:
+    """squeue cannot finish the story: the job is gone from it, or ended (exit code unknown)."""
+    if status is None:
+        return True
+    if status.tasks:
+        return all(t.final for t in status.tasks.values())
+    return status.final
+
+
+def to_result(
+    status: JobStatus,
+    stdout: str,
+    stderr: str,
+    *,
+    mem: str | None = None,
+    time_limit: str | None = None,
+) -> JobResult:
+    """A JobResult, also recognising memory kills Slurm reported only as FAILED/killed."""
+    state = status.state
+    if state in ("FAILED", "CANCELLED") and _OOM_TEXT.search(stderr[-20000:]):
+        state = "OUT_OF_MEMORY"
+    if state == "COMPLETED" and status.exit_code:
+        state = "FAILED"
+    if (
+        state == "FAILED"
+        and status.exit_code == 0
+        and status.signal == 9
+        and _OOM_TEXT.search(stderr)
+    ):
+        state = "OUT_OF_MEMORY"
+    return JobResult(
+        job_id=status.job_id,
+        state=state,
+        exit_code=status.exit_code,
+        signal=status.signal,
+        reason=status.reason,
+        stdout_tail=stdout,
+        stderr_tail=stderr,
+        mem=mem,
+        time_limit=time_limit,
+    )
+
+
+def unknown(job_id: str) -> JobStatus:
+    return JobStatus(
+        job_id, "UNKNOWN", "no longer known to squeue, sacct or scontrol", source="none"
+    )
+
+
+def is_final_rows(job_id: str, rows: Mapping[str, JobStatus]) -> bool:
+    status = combine(job_id, rows)
+    return status is not None and status.state in FINAL_STATES
+
+
+def unresolved(ids: Sequence[str], rows: Mapping[str, JobStatus]) -> list[str]:
+    return [i for i in ids if not is_final_rows(i, rows)]
