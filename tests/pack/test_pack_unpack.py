@@ -39,7 +39,7 @@ def linux64_pack(
 
 
 def test_pack_unpack_run_linux64(linux64_pack: Path, tmp_path: Path) -> None:
-    target = tmp_path / "env with space"
+    target = tmp_path / "env+1@x,y"
     result = unpack(linux64_pack, target)
     assert result.prefix == target
     run = _run_in(target, "greet && echo CONDA_PREFIX=$CONDA_PREFIX")
@@ -57,7 +57,18 @@ def test_pack_unpack_run_linux64(linux64_pack: Path, tmp_path: Path) -> None:
     assert f"{target}/share/libgreet/README".encode() + b"\0" in libgreet
     assert not (target / "CACHEDIR.TAG").exists()
     # nothing but the target was created next to it
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["env with space"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["env+1@x,y"]
+
+
+@pytest.mark.parametrize("name", ["with space", "q'uote", 'd"q', "$(touch x)", "`x`", "a\\b"])
+def test_paths_environments_cannot_live_at_are_refused(
+    linux64_pack: Path, tmp_path: Path, cli, name: str
+) -> None:
+    result = cli("unpack", linux64_pack, tmp_path / name)
+    assert result.exit_code == 5
+    assert "conda environments cannot live under" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_pack_metadata_and_checksums(linux64_pack: Path, demo_ws: Path) -> None:

@@ -249,21 +249,27 @@ def test_kill_9_at_random_moments_keeps_store_consistent(
 
 
 def test_paths_with_spaces_quotes_and_command_substitution(
-    transport: Transport, test_cluster, demo_ws: Path, tmp_path: Path
+    ssh_env, base: str, demo_ws: Path, tmp_path: Path, cli, monkeypatch, transport: Transport
 ) -> None:
+    """Such a base path is refused before anything happens on the cluster: conda environments
+    embed their path in shebangs and scripts, where spaces, quotes and $(...) break or execute.
+    (The transport's own quoting of such paths is tested in tests/transport.)"""
     canary = f"/tmp/pixi-deploy-pwned-{uuid.uuid4().hex[:6]}"
-    nasty = f"{test_cluster.base_path}/we ird 'q' \"dq\" $(touch {canary}) `touch {canary}`"
-    metadata = RemoteStore(transport, nasty).deploy(
-        load_workspace(demo_ws),
-        "default",
-        "linux-64",
-        cache=DownloadCache(tmp_path / "c"),
-        name="rel/v1",
-    )
-    assert metadata.deployment_path.startswith(nasty)
-    assert _env_ok(transport, metadata.deployment_path)
+    for nasty in (
+        f"{base}/we ird",
+        f"{base}/q'uote\"dq",
+        f"{base}/$(touch {canary})",
+        f"{base}/`touch {canary}`",
+    ):
+        monkeypatch.setenv("SLURM_DEPLOYMENT_BASE_PATH", nasty)
+        result = cli(
+            "deploy", "--target", "ssh", "--manifest-path", demo_ws, "--cache-dir", tmp_path / "c"
+        )
+        assert result.exit_code == 5, result.stderr
+        assert "conda environments cannot live under" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert transport.run(["test", "-e", base], check=False).exit_status != 0, "nothing was created"
     assert transport.run(["test", "-e", canary], check=False).exit_status != 0
-    assert not Path(canary).exists()
 
 
 def test_base_not_writable(ssh_env, demo_ws: Path, tmp_path: Path, cli, monkeypatch) -> None:

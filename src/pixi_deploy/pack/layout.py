@@ -14,6 +14,7 @@ import asyncio
 import errno
 import json
 import os
+import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +24,29 @@ from installer import install as install_wheel
 from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 
-from pixi_deploy.errors import PackError, store_error_from_os
+from pixi_deploy.errors import PackError, StoreError, store_error_from_os
 
 ACTIVATE_NAME = "activate.sh"
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9/._+@%,=:~-]+$")
+
+
+def check_environment_path(path: str | Path) -> str:
+    """Refuse paths that installed environments cannot live at.
+
+    Conda packages embed their prefix verbatim in shebang lines (which end at the first space)
+    and in shell scripts (where quotes, `$` and backticks change meaning when they run). Such a
+    path would give an environment that breaks, or runs code, the first time it is used.
+    """
+    text = str(path)
+    if not _SAFE_PATH.match(text):
+        bad = sorted({c for c in text if not _SAFE_PATH.match(c)})
+        shown = " ".join(repr(c) for c in bad)
+        raise StoreError(
+            f"the environment path {text!r} contains {shown}, which conda environments cannot "
+            "live under (shebangs and scripts embed the path)",
+            "pick a path made of letters, digits and / . _ - + @ % , = :",
+        )
+    return text
 
 
 def lay_out_prefix(
@@ -44,6 +65,7 @@ def lay_out_prefix(
 
     ``archives`` maps each record's file name to a verified local archive; nothing is downloaded.
     """
+    check_environment_path(final)
     local_records = []
     for record in records:
         path = archives.get(record.file_name)

@@ -25,7 +25,7 @@ import zstandard
 
 from pixi_deploy.errors import PackError, StoreError, store_error_from_os
 from pixi_deploy.pack.format import LOCK_MEMBER, METADATA_NAME, ZSTD_MAGIC, PackMetadata
-from pixi_deploy.pack.layout import lay_out_prefix
+from pixi_deploy.pack.layout import check_environment_path, lay_out_prefix
 from pixi_deploy.progress import NullReporter, Reporter
 
 CHUNK = 1 << 20
@@ -210,6 +210,7 @@ def _open_stream(pack: Path) -> Iterator[tarfile.TarFile]:
 
 
 def _check_target(target: Path) -> None:
+    check_environment_path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise StoreError(
             f"{target} already exists and is not empty", "pick a new folder or remove it"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pixi_deploy.errors import StoreError, store_error_from_os
 from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
-from pixi_deploy.pack.layout import ACTIVATE_NAME, lay_out_prefix
+from pixi_deploy.pack.layout import ACTIVATE_NAME, check_environment_path, lay_out_prefix
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.store.layout import StoreLayout
 from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
@@ -30,6 +30,7 @@ from pixi_deploy.workspace import ResolvedEnvironment, current_platform
 class LocalStore:
     def __init__(self, base: Path, cache: DownloadCache | None = None) -> None:
         self.base = Path(base).expanduser().absolute()
+        check_environment_path(self.base)
         self.layout = StoreLayout(str(self.base))
         self.cache = cache or DownloadCache()
 
@@ -111,7 +112,7 @@ class LocalStore:
         try:
             for sub in ("envs", "locks", "names"):
                 (self.base / sub).mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.base / "envs", prefix=".probe-"):
+            with open(self.base / "locks" / ".write-probe", "a"):
                 pass  # fails now, with a clear message, if the base is not writable
         except OSError as error:
             raise store_error_from_os(error, self.base) from error

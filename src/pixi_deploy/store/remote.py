@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pixi_deploy.errors import StoreError
 from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
-from pixi_deploy.pack.layout import lay_out_prefix
+from pixi_deploy.pack.layout import check_environment_path, lay_out_prefix
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.store import remote_scripts as sh
 from pixi_deploy.store.groups import Plan, plan
@@ -55,7 +55,7 @@ class RemoteStore:
                 "no deployment base path on the cluster",
                 "set SLURM_DEPLOYMENT_BASE_PATH (e.g. ~/pixi-deploy or /project/envs)",
             )
-        self.base = transport.expand_path(chosen).rstrip("/") or "/"
+        self.base = check_environment_path(transport.expand_path(chosen).rstrip("/") or "/")
         self.layout = StoreLayout(self.base)
         self.last_transfer = TransferReport()
 
