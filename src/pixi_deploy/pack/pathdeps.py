@@ -224,7 +224,13 @@ def _cached_or_built(
         os.replace(wheel, staged / wheel.name)
         (staged / "wheel.json").write_text(json.dumps({"wheel": wheel.name}) + "\n")
         shutil.rmtree(folder, ignore_errors=True)
-        os.replace(staged, folder)
+        try:
+            os.replace(staged, folder)
+        except OSError:
+            if not done.is_file():  # else a concurrent build of the same sources won: use it
+                raise
+            name = json.loads(done.read_text()).get("wheel", wheel.name)
+            return folder / name
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return folder / wheel.name
