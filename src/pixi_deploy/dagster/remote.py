@@ -1,0 +1,250 @@
+"""Modes ``slurm`` and ``slurm-session``: make sure the environment is on the cluster, then run
+the payload in it as a Slurm job (or as a step of the shared allocation) inside a Pipes session.
+
+Every asset run gets a folder ``<base>/dagster/<dagster run id>/<step>-<random>/`` on the
+cluster with the payload, the Pipes context and the Pipes message file; the job runs there
+(it is the job's working directory), so extra files sit next to the payload as in
+dagster-slurm. The folder is removed afterwards unless ``debug_mode`` (or a failure with
+``cleanup_on_failure=False``) asks to keep it.
+
+Cancellation: Dagster stops a run by raising DagsterExecutionInterruptedError (or
+KeyboardInterrupt) in the op. Whatever the exception, a submitted job is scancel'ed before it
+propagates; in session mode the step's srun is killed with its channel and the allocation is
+released, so an interrupted run never leaves work running on the cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dagster import AssetExecutionContext, OpExecutionContext
+from dagster._core.errors import DagsterPipesExecutionError
+from dagster._core.pipes.client import PipesClientCompletedInvocation
+from dagster._core.pipes.utils import open_pipes_session
+
+from pixi_deploy.errors import ConfigError
+from pixi_deploy.slurm import JobResources, JobResult, JobSpec
+from pixi_deploy.store.remote import RemoteStore
+from pixi_deploy.workspace import load_workspace
+
+from .pipes import (
+    ExceptionCapturingReader,
+    OutputForwarder,
+    RemoteFileContextInjector,
+    RemoteFileMessageReader,
+    failure_text,
+)
+from .resources import SessionResource, SlurmResource
+
+Context = AssetExecutionContext | OpExecutionContext
+_CHECK_ENV = '[ -f "$1/activate.sh" ] && [ -f "$1/deployment_metadata.json" ]'
+
+
+@dataclass
+class RemoteRun:
+    """Everything one asset run on the cluster needs, resolved by ComputeResource."""
+
+    slurm: SlurmResource
+    environment_path: str
+    launcher: Any
+    resources: JobResources
+    session: SessionResource | None = None
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    extras: Mapping[str, Any] = field(default_factory=dict)
+    extra_files: Sequence[str] = ()
+    timeout: float | None = None
+    debug_mode: bool = False
+    cleanup_on_failure: bool = True
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def ensure_environment(
+    context: Context,
+    slurm: SlurmResource,
+    *,
+    pre_deployed_env_path: str | None,
+    manifest_path: str | None,
+    environment: str | None,
+    platform: str | None,
+) -> tuple[str, dict[str, Any]]:
+    """The environment's path on the cluster, deployed now if needed, and facts for metadata.
+
+    A pre-deployed path is only checked (one round trip), never packed: a path that does not
+    exist or was pruned fails here, before anything is submitted.
+    """
+    transport = slurm.transport()
+    if pre_deployed_env_path:
+        path = transport.expand_path(pre_deployed_env_path).rstrip("/")
+        if transport.run_script(_CHECK_ENV, [path], check=False).exit_status != 0:
+            raise ConfigError(
+                f"pre_deployed_env_path {path} is not a deployed environment on the cluster "
+                "(it does not exist, was pruned, or lacks activate.sh)",
+                "deploy it again with `pixi-deploy deploy --target ssh`, or unset "
+                "pre_deployed_env_path to deploy on demand",
+            )
+        return path, {"pixi_deploy_environment": path, "pixi_deploy_deployed": "pre-deployed"}
+    workspace = load_workspace(Path(manifest_path) if manifest_path else None)
+    store = RemoteStore(transport, slurm.base_path())
+    metadata = store.deploy(workspace, environment, platform, reporter=_LogReporter(context))
+    verb = "reused" if metadata.reused else "deployed"
+    context.log.info(
+        f"[pixi-deploy] {verb} environment {metadata.environment} ({metadata.platform}) "
+        f"at {metadata.deployment_path}"
+    )
+    return metadata.deployment_path, {
+        "pixi_deploy_environment": metadata.deployment_path,
+        "pixi_deploy_deployed": verb,
+        "pixi_deploy_platform": metadata.platform,
+        "pixi_deploy_lock_hash": metadata.lock_hash,
+    }
+
+
+def run_remote(
+    context: Context, payload_path: str, run: RemoteRun
+) -> PipesClientCompletedInvocation:
+    """Upload the payload, run it on the cluster in a Pipes session, return its results."""
+    payload = Path(payload_path)
+    if not payload.is_file():
+        raise DagsterPipesExecutionError(f"payload {payload_path} does not exist")
+    transport = run.slurm.transport()
+    folder = f"{run.slurm.base_path()}/dagster/{_safe(context.run_id)}/{_step_name(context)}"
+    remote_payload = f"{folder}/{payload.name}"
+    transport.put_bytes(payload.read_bytes(), remote_payload)
+    for extra in run.extra_files:
+        transport.put_bytes(Path(extra).read_bytes(), f"{folder}/{Path(extra).name}")
+    reader = ExceptionCapturingReader(
+        RemoteFileMessageReader(transport, f"{folder}/messages.jsonl")
+    )
+    output = OutputForwarder()
+    result: JobResult | None = None
+    try:
+        with open_pipes_session(
+            context=context,
+            context_injector=RemoteFileContextInjector(transport, f"{folder}/context.json"),
+            message_reader=reader,
+            extras=dict(run.extras),
+        ) as session:
+            spec = JobSpec(
+                command=[run.slurm.remote_python, "-u", remote_payload],
+                environment_path=run.environment_path,
+                name=f"dagster-{_step_name(context, unique=False)}",
+                resources=run.resources,
+                env={
+                    **{k: str(v) for k, v in run.extra_env.items()},
+                    "PYTHONUNBUFFERED": "1",
+                    **session.get_bootstrap_env_vars(),
+                },
+                workdir=folder,
+                launcher=run.launcher,
+            )
+            if run.debug_mode:
+                _keep_debug_copy(context, spec, folder, run)
+            if run.session is not None:
+                result = _run_step(context, run, spec, output)
+            else:
+                result = _run_job(context, run, spec, output)
+    finally:
+        keep = run.debug_mode or (not run.cleanup_on_failure and not (result and result.ok))
+        if keep:
+            context.log.info(f"[pixi-deploy] keeping the run folder {folder} on the cluster")
+        else:
+            with contextlib.suppress(Exception):  # cleanup must not hide the real outcome
+                transport.run(["rm", "-rf", "--", folder], check=False)
+    assert result is not None  # set, or the body raised
+    if not result.ok:
+        raise DagsterPipesExecutionError(
+            failure_text(
+                f"the payload {payload.name} failed on the cluster: {result.message()}",
+                reader.remote_traceback(),
+                result.stderr_tail or output.stderr_tail(),
+            )
+        )
+    metadata = {**run.metadata, "slurm_job_id": result.job_id, "pixi_deploy_mode": _mode(run)}
+    return PipesClientCompletedInvocation(session, metadata=metadata)
+
+
+def _run_job(context: Context, run: RemoteRun, spec: JobSpec, output: OutputForwarder) -> JobResult:
+    job = run.slurm.client().submit(spec)
+    context.log.info(f"[pixi-deploy] submitted Slurm job {job.id} (run folder {job.run_dir})")
+    try:
+        return job.wait(timeout=run.timeout, on_stdout=output.on_stdout, on_stderr=output.on_stderr)
+    except BaseException:  # interrupted run (DagsterExecutionInterruptedError), Ctrl-C, lost link
+        context.log.warning(f"[pixi-deploy] cancelling Slurm job {job.id}")
+        with contextlib.suppress(Exception):
+            job.cancel()
+        raise
+
+
+def _run_step(
+    context: Context, run: RemoteRun, spec: JobSpec, output: OutputForwarder
+) -> JobResult:
+    assert run.session is not None
+    session = run.session.get_session(run.slurm, f"dagster-{_safe(context.run_id)[:8]}")
+    holder = session.job.id if session.job is not None else "?"
+    context.log.info(f"[pixi-deploy] running as a step of the session allocation {holder}")
+    try:
+        return session.run(
+            spec, timeout=run.timeout, on_stdout=output.on_stdout, on_stderr=output.on_stderr
+        )
+    except BaseException:  # the step's srun died with its channel; free the allocation too
+        context.log.warning(f"[pixi-deploy] releasing the session allocation {holder}")
+        with contextlib.suppress(Exception):
+            run.session.release()
+        raise
+
+
+def _mode(run: RemoteRun) -> str:
+    return "slurm-session" if run.session is not None else "slurm"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "run"
+
+
+def _step_name(context: Context, unique: bool = True) -> str:
+    op_context = getattr(context, "op_execution_context", context)
+    try:
+        step = op_context.get_step_execution_context().step.key
+    except Exception:  # outside a step (direct invocation in tests)
+        step = "op"
+    name = _safe(step)[:60]
+    return f"{name}-{secrets.token_hex(4)}" if unique else name
+
+
+def _keep_debug_copy(context: Context, spec: JobSpec, folder: str, run: RemoteRun) -> None:
+    """debug_mode: what was submitted, kept locally for inspection (values of environment
+    variables are left out: they may hold credentials)."""
+    local = Path(".pixi-deploy", "dagster-debug", _safe(context.run_id), folder.rsplit("/", 1)[-1])
+    local.mkdir(parents=True, exist_ok=True)
+    (local / "launcher.sh").write_text(run.launcher.render(spec) if run.launcher else "")
+    summary = {
+        "remote_folder": folder,
+        "environment_path": spec.environment_path,
+        "command": list(spec.command or []),
+        "sbatch_options": spec.resources.options(),
+        "env_names": sorted(spec.env),
+        "metadata": run.metadata,
+    }
+    (local / "job.json").write_text(json.dumps(summary, indent=2) + "\n")
+    context.log.info(f"[pixi-deploy] debug_mode: submission details kept in {local.resolve()}")
+
+
+class _LogReporter:
+    """Deploy progress as Dagster log lines (no progress bars in a run log)."""
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    def step(self, message: str) -> None:
+        self._context.log.info(f"[pixi-deploy] {message}")
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[Any]:
+        yield lambda n: None
