@@ -61,6 +61,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 COMMAND_MODULES: list[str] = [
     "pixi_deploy.commands",
     "pixi_deploy.containers.commands",
+    "pixi_deploy.slurm.commands",
 ]
 
 

@@ -1,0 +1,217 @@
+"""Slurm commands: submit, status, logs, cancel. Each is a thin wrapper over SlurmClient.
+
+The cluster comes from SLURM_EDGE_NODE_* and runs live under SLURM_DEPLOYMENT_BASE_PATH, the
+same settings ``deploy --target ssh`` uses, so ``submit`` can deploy first and then run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pixi_deploy.cli import EnvironmentOpt, JsonOpt, ManifestPath, PlatformOpt, stderr, stdout
+from pixi_deploy.errors import ConfigError
+from pixi_deploy.transport import get_transport
+
+from .client import SlurmClient
+from .spec import JobResources, JobResult, JobSpec
+
+
+def _client() -> SlurmClient:
+    transport = get_transport()
+    base = transport.base_path
+    if not base:
+        raise ConfigError(
+            "SLURM_DEPLOYMENT_BASE_PATH is not set",
+            "set it to a folder on the cluster, e.g. ~/pixi-deploy",
+        )
+    return SlurmClient(transport, base)
+
+
+def _print_out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _print_err(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _result_json(result: JobResult) -> dict[str, Any]:
+    data = asdict(result)
+    data["ok"] = result.ok
+    data["message"] = result.message()
+    return data
+
+
+def _environment_path(
+    deployment: Path | None,
+    manifest_path: Path | None,
+    environment: str | None,
+    platform: str | None,
+    json_: bool,
+) -> str:
+    from pixi_deploy.store.metadata import DeploymentMetadata
+
+    if deployment is not None:
+        return DeploymentMetadata.read(deployment).deployment_path
+    from pixi_deploy.pack import DownloadCache
+    from pixi_deploy.render import RichReporter
+    from pixi_deploy.store.remote import deploy_ssh
+    from pixi_deploy.workspace import load_workspace
+
+    metadata = deploy_ssh(
+        load_workspace(manifest_path),
+        environment,
+        platform,
+        cache=DownloadCache(),
+        reporter=RichReporter(stderr, quiet=json_),
+    )
+    return metadata.deployment_path
+
+
+def submit(
+    command: Annotated[list[str], typer.Argument(help="The command to run (after --)")],
+    manifest_path: ManifestPath = None,
+    environment: EnvironmentOpt = None,
+    platform: PlatformOpt = None,
+    deployment: Annotated[
+        Path | None,
+        typer.Option(
+            "--deployment",
+            help="deployment_metadata.json of an environment already on the cluster "
+            "(default: deploy the workspace's environment first)",
+        ),
+    ] = None,
+    name: Annotated[str, typer.Option("--name", help="Job name")] = "pixi-deploy",
+    partition: Annotated[str | None, typer.Option("--partition")] = None,
+    nodes: Annotated[int | None, typer.Option("--nodes")] = None,
+    ntasks: Annotated[int | None, typer.Option("--ntasks")] = None,
+    cpus_per_task: Annotated[int | None, typer.Option("--cpus-per-task")] = None,
+    mem: Annotated[str | None, typer.Option("--mem", help="e.g. 4G")] = None,
+    gpus: Annotated[str | None, typer.Option("--gpus")] = None,
+    time: Annotated[str | None, typer.Option("--time", help="e.g. 1:00:00")] = None,
+    account: Annotated[str | None, typer.Option("--account")] = None,
+    qos: Annotated[str | None, typer.Option("--qos")] = None,
+    reservation: Annotated[str | None, typer.Option("--reservation")] = None,
+    constraint: Annotated[str | None, typer.Option("--constraint")] = None,
+    sbatch: Annotated[
+        list[str] | None,
+        typer.Option("--sbatch", help="Extra sbatch option, passed through (repeatable)"),
+    ] = None,
+    array: Annotated[str | None, typer.Option("--array", help="e.g. 0-9%2")] = None,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow/--no-follow", help="Stream the output and wait (Ctrl-C cancels)"),
+    ] = True,
+    json_: JsonOpt = False,
+) -> None:
+    """Run a command in the deployed environment as a Slurm job."""
+    env_path = _environment_path(deployment, manifest_path, environment, platform, json_)
+    resources = JobResources(
+        partition=partition,
+        nodes=nodes,
+        ntasks=ntasks,
+        cpus_per_task=cpus_per_task,
+        mem=mem,
+        gpus=gpus,
+        time=time,
+        account=account,
+        qos=qos,
+        reservation=reservation,
+        constraint=constraint,
+        extra_sbatch=list(sbatch or []),
+    )
+    spec = JobSpec(
+        command=list(command),
+        environment_path=env_path,
+        name=name,
+        resources=resources,
+        array=array,
+    )
+    job = _client().submit(spec)
+    if not follow:
+        if json_:
+            stdout.print_json(json.dumps({"job_id": job.id, "run_dir": job.run_dir}))
+        else:
+            stdout.print(job.id, markup=False)
+        return
+    stderr.print(f"submitted job {job.id} (run folder {job.run_dir})", markup=False)
+    result = job.wait(on_stdout=_print_err if json_ else _print_out, on_stderr=_print_err)
+    if json_:
+        stdout.print_json(json.dumps(_result_json(result)))
+    result.raise_for_state()
+
+
+def status(
+    job_ids: Annotated[list[str], typer.Argument(help="Job ids")],
+    json_: JsonOpt = False,
+) -> None:
+    """Show the state of jobs (one squeue for all; sacct/scontrol for ended ones)."""
+    found = _client().states(job_ids)
+    rows = []
+    for job_id in job_ids:
+        s = found.get(job_id)
+        rows.append(
+            {
+                "job_id": job_id,
+                "state": s.state if s else "UNKNOWN",
+                "exit_code": s.exit_code if s else None,
+                "signal": s.signal if s else None,
+                "reason": s.reason if s else "",
+                "source": s.source if s else "none",
+            }
+        )
+    if json_:
+        stdout.print_json(json.dumps(rows))
+        return
+    table = Table()
+    for column in ("job", "state", "exit", "reason"):
+        table.add_column(column)
+    for row in rows:
+        code = "" if row["exit_code"] is None else str(row["exit_code"])
+        if row["signal"]:
+            code += f" (signal {row['signal']})"
+        table.add_row(str(row["job_id"]), str(row["state"]), code, str(row["reason"] or ""))
+    stdout.print(table)
+
+
+def logs(
+    job_id: Annotated[str, typer.Argument(help="Job id")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Follow until the job ends")
+    ] = False,
+) -> None:
+    """Print a job's output (stdout to stdout, stderr to stderr)."""
+    job = _client().job(job_id)
+    if follow:
+        result = job.wait(on_stdout=_print_out, on_stderr=_print_err)
+        result.raise_for_state()
+        return
+    out, err = job.logs()
+    sys.stdout.write(out)
+    sys.stdout.flush()
+    sys.stderr.write(err)
+    sys.stderr.flush()
+
+
+def cancel(job_ids: Annotated[list[str], typer.Argument(help="Job ids")]) -> None:
+    """Cancel jobs (scancel); cancelling an ended job is not an error."""
+    client = _client()
+    for job_id in job_ids:
+        client.cancel(job_id)
+        stderr.print(f"cancelled job {job_id}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("submit", context_settings={"allow_interspersed_args": False})(submit)
+    app.command("status")(status)
+    app.command("logs")(logs)
+    app.command("cancel")(cancel)
