@@ -117,11 +117,17 @@ class SlurmClient:
             if status is not None:
                 result[job_id] = status
         if detail:
-            result.update(self._details(detail, result))
+            result.update(self._details(detail, result, rows))
         return result
 
-    def _details(self, ids: list[str], squeue: dict[str, JobStatus]) -> dict[str, JobStatus]:
-        """Exit codes for ended jobs: sacct if it works and already knows, else scontrol/jobcomp."""
+    def _details(
+        self, ids: list[str], squeue: dict[str, JobStatus], squeue_rows: dict[str, JobStatus]
+    ) -> dict[str, JobStatus]:
+        """Exit codes for ended jobs: sacct if it works and already knows, else scontrol/jobcomp.
+
+        sacct learns of an end a moment late, task by task for arrays: its answer counts only
+        when it covers every row squeue still shows for the job.
+        """
         found: dict[str, JobStatus] = {}
         rest = ids
         if self.use_sacct:
@@ -132,7 +138,9 @@ class SlurmClient:
             rows = states.parse_sacct(out)
             for job_id in ids:
                 status = states.combine(job_id, rows)
-                if status is not None and status.final:
+                known = states.rows_for(job_id, squeue_rows)
+                covered = all(k in rows or "[" in k for k in known)
+                if status is not None and status.final and covered:
                     found[job_id] = status
             rest = [i for i in ids if i not in found]
         if rest:

@@ -1,0 +1,93 @@
+"""Fixtures for Slurm tests against the real test cluster: a private base path per test, a
+transport, clients with and without sacct, and the demo environment deployed there."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pixi_deploy.pack import DownloadCache
+from pixi_deploy.slurm import SlurmClient
+from pixi_deploy.store.remote import RemoteStore
+from pixi_deploy.transport import SSHSettings, Transport
+from pixi_deploy.workspace import load_workspace
+
+
+@pytest.fixture
+def settings(test_cluster) -> SSHSettings:  # type: ignore[no-untyped-def]
+    c = test_cluster
+    return SSHSettings(
+        host=c.host,
+        port=c.port,
+        user=c.user,
+        key_path=c.key_path,
+        known_hosts=c.known_hosts,
+        ssh_config=None,
+    )
+
+
+@pytest.fixture
+def base(test_cluster) -> str:  # type: ignore[no-untyped-def]
+    return f"{test_cluster.base_path}/slurm-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def transport(settings: SSHSettings) -> Iterator[Transport]:
+    with Transport(settings) as t:
+        yield t
+
+
+@pytest.fixture
+def client(transport: Transport, base: str) -> SlurmClient:
+    return SlurmClient(transport, base, poll_interval=0.25)
+
+
+@pytest.fixture(params=[True, False], ids=["sacct", "scontrol"])
+def any_client(request: pytest.FixtureRequest, transport: Transport, base: str) -> SlurmClient:
+    """The same tests with accounting (sacct) and without (scontrol + jobcomp)."""
+    return SlurmClient(transport, base, use_sacct=request.param, poll_interval=0.25)
+
+
+@pytest.fixture
+def demo_env(transport: Transport, base: str, demo_ws: Path, tmp_path: Path) -> str:
+    """The demo environment (has `greet`) deployed under this test's base; its path."""
+    store = RemoteStore(transport, base)
+    metadata = store.deploy(load_workspace(demo_ws), cache=DownloadCache(tmp_path / "cache"))
+    return metadata.deployment_path
+
+
+@pytest.fixture
+def drop_connection():  # type: ignore[no-untyped-def]
+    """Function that kills the sshd processes of one transport's connection."""
+    return _drop_connection
+
+
+def _drop_connection(transport: Transport) -> list[int]:
+    """Kill (SIGKILL) the sshd processes serving exactly this transport's connection, as a
+    network failure would end it; other users of the shared test sshd are not touched."""
+    conn = transport._session._conn
+    assert conn is not None, "the transport is not connected"
+    local_port = conn.get_extra_info("sockname")[1]
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :2222 and dport = :{local_port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pids = sorted({int(p) for p in re.findall(r"pid=(\d+)", out)})
+    for pid in pids:
+        try:
+            import os
+
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(0.2)
+    return pids
