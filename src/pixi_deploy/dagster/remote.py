@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetExecutionContext, OpExecutionContext
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster._core.pipes.client import PipesClientCompletedInvocation
 from dagster._core.pipes.utils import open_pipes_session
 
+from dagster import AssetExecutionContext, OpExecutionContext
 from pixi_deploy.errors import ConfigError
 from pixi_deploy.slurm import JobResources, JobResult, JobSpec
 from pixi_deploy.store.remote import RemoteStore
@@ -44,6 +44,8 @@ from .pipes import (
 from .resources import SessionResource, SlurmResource
 
 Context = AssetExecutionContext | OpExecutionContext
+# the run's folder, then its parent if this was the run's last asset
+_REMOVE = 'rm -rf -- "$1" && rmdir -- "${1%/*}" 2>/dev/null; exit 0'
 _CHECK_ENV = '[ -f "$1/activate.sh" ] && [ -f "$1/deployment_metadata.json" ]'
 
 
@@ -156,7 +158,7 @@ def run_remote(
             context.log.info(f"[pixi-deploy] keeping the run folder {folder} on the cluster")
         else:
             with contextlib.suppress(Exception):  # cleanup must not hide the real outcome
-                transport.run(["rm", "-rf", "--", folder], check=False)
+                transport.run_script(_REMOVE, [folder], check=False)
     assert result is not None  # set, or the body raised
     if not result.ok:
         raise DagsterPipesExecutionError(
@@ -166,13 +168,14 @@ def run_remote(
                 result.stderr_tail or output.stderr_tail(),
             )
         )
-    metadata = {**run.metadata, "slurm_job_id": result.job_id, "pixi_deploy_mode": _mode(run)}
+    metadata = {**run.metadata, "pixi_deploy_mode": _mode(run)}
     return PipesClientCompletedInvocation(session, metadata=metadata)
 
 
 def _run_job(context: Context, run: RemoteRun, spec: JobSpec, output: OutputForwarder) -> JobResult:
     job = run.slurm.client().submit(spec)
     context.log.info(f"[pixi-deploy] submitted Slurm job {job.id} (run folder {job.run_dir})")
+    run.metadata["slurm_job_id"] = job.id
     try:
         return job.wait(timeout=run.timeout, on_stdout=output.on_stdout, on_stderr=output.on_stderr)
     except BaseException:  # interrupted run (DagsterExecutionInterruptedError), Ctrl-C, lost link
@@ -189,8 +192,9 @@ def _run_step(
     session = run.session.get_session(run.slurm, f"dagster-{_safe(context.run_id)[:8]}")
     holder = session.job.id if session.job is not None else "?"
     context.log.info(f"[pixi-deploy] running as a step of the session allocation {holder}")
+    run.metadata["slurm_job_id"] = holder
     try:
-        return session.run(
+        result = session.run(
             spec, timeout=run.timeout, on_stdout=output.on_stdout, on_stderr=output.on_stderr
         )
     except BaseException:  # the step's srun died with its channel; free the allocation too
@@ -198,6 +202,8 @@ def _run_step(
         with contextlib.suppress(Exception):
             run.session.release()
         raise
+    run.metadata["slurm_step"] = result.job_id
+    return result
 
 
 def _mode(run: RemoteRun) -> str:

@@ -7,7 +7,7 @@ from dagster_pipes import open_dagster_pipes
 with open_dagster_pipes() as pipes:
     pipes.report_asset_materialization(
         metadata={
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+            "payload_slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
             "slurm_step_id": os.environ.get("SLURM_STEP_ID", ""),
         }
     )

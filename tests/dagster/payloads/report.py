@@ -12,7 +12,7 @@ with open_dagster_pipes() as pipes:
         metadata={
             "rows": n,
             "greeting": os.environ.get("GREETING", ""),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+            "payload_slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
             "environment": os.environ.get("PIXI_DEPLOY_ENVIRONMENT", ""),
             "cwd": os.getcwd(),
         }
