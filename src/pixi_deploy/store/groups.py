@@ -21,6 +21,7 @@ import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 SCAN_CHUNK = 1 << 20
@@ -39,8 +40,9 @@ class Group:
     name: str
     files: list[FileEntry] = field(default_factory=list)
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """Read only once the plan is complete (it is cached)."""
         lines = sorted(f"{f.rel}\0{f.mode:o}\0{f.sha256}" for f in self.files)
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]
 

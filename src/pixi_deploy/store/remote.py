@@ -10,10 +10,15 @@ of the same environment waits on the lock and then finds it done.
 
 from __future__ import annotations
 
-import hashlib
+import shutil
 import tempfile
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import zstandard
 
 from pixi_deploy.errors import StoreError
 from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
@@ -26,6 +31,7 @@ from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
 from pixi_deploy.tarwriter import TarWriter
 from pixi_deploy.transport import (
     CommandResult,
+    ConnectionLostError,
     LineStream,
     RemoteCommandError,
     Transport,
@@ -35,6 +41,16 @@ from pixi_deploy.transport import (
 from pixi_deploy.transport.connection import _PLATFORMS
 from pixi_deploy.workspace import ResolvedEnvironment, Workspace
 
+MAX_ATTEMPTS = 4
+STREAM_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    prefix: Path
+    plan: Plan
+    metadata: DeploymentMetadata
+
 
 @dataclass
 class TransferReport:
@@ -42,7 +58,7 @@ class TransferReport:
 
     groups_total: int = 0
     groups_sent: int = 0
-    bundle_bytes: int = 0
+    bundle_bytes: int = 0  # bytes that crossed the connection (after compression)
     environment_part_bytes: int = 0
 
 
@@ -58,6 +74,7 @@ class RemoteStore:
         self.base = check_environment_path(transport.expand_path(chosen).rstrip("/") or "/")
         self.layout = StoreLayout(self.base)
         self.last_transfer = TransferReport()
+        self._remote_zstd = False
 
     @property
     def target(self) -> str:
@@ -110,7 +127,9 @@ class RemoteStore:
         args = [self.base] + [x for r in candidates for x in (r.platform, r.short_hash)]
         out = self._run(sh.PROBE, args).stdout
         head, _, found = out.partition("\036")
-        uname = tuple(head.split()[:2])
+        head_lines = head.splitlines()
+        uname = tuple(head_lines[0].split()[:2]) if head_lines else ()
+        self._remote_zstd = "zstd=yes" in head_lines
         detected = _PLATFORMS.get((uname[0], uname[1])) if len(uname) == 2 else None
         if auto:
             if detected is None:
@@ -139,32 +158,45 @@ class RemoteStore:
     def _deploy_locked(
         self, resolved: ResolvedEnvironment, cache: DownloadCache, reporter: Reporter
     ) -> DeploymentMetadata:
+        """Under the cluster's lock; a dropped connection re-takes it and resumes the transfer."""
         key = resolved.short_hash
         final = self.layout.env(key)
-        lock = self.transport.iter_lines(["sh", "-c", sh.LOCK, "sh", self.base, key])
+        tmp = tempfile.mkdtemp(prefix="pixi-deploy-stage-")
         try:
-            reporter.step(
-                f"taking the cluster's lock for environment {key} (waits if another deploy builds it)"
-            )
-            state = _first_line(lock, self.base)
-            if state == "present":  # another deploy finished it while we waited
-                text = self.transport.read_bytes(f"{final}/{METADATA_NAME}").decode()
-                metadata = DeploymentMetadata.from_json(text, f"{final}/{METADATA_NAME}")
-                metadata.reused = True
-                return metadata
-            with tempfile.TemporaryDirectory(prefix="pixi-deploy-stage-") as tmp:
-                return self._build_and_send(resolved, final, Path(tmp), cache, reporter)
+            prepared: _Prepared | None = None
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                lock = self.transport.iter_lines(["sh", "-c", sh.LOCK, "sh", self.base, key])
+                try:
+                    reporter.step(
+                        f"taking the cluster's lock for {key} (waits while another deploy builds it)"
+                    )
+                    if _first_line(lock, self.base) == "present":  # another deploy finished it
+                        text = self.transport.read_bytes(f"{final}/{METADATA_NAME}").decode()
+                        metadata = DeploymentMetadata.from_json(text, f"{final}/{METADATA_NAME}")
+                        metadata.reused = True
+                        return metadata
+                    if prepared is None:
+                        prepared = self._prepare(resolved, final, Path(tmp), cache, reporter)
+                    return self._send(resolved, prepared, reporter)
+                except ConnectionLostError:
+                    if attempt == MAX_ATTEMPTS:
+                        raise
+                    reporter.step("the connection dropped; reconnecting to resume where it stopped")
+                finally:
+                    lock.close()
         finally:
-            lock.close()
+            _remove_in_background(Path(tmp))
+        raise AssertionError("unreachable")
 
-    def _build_and_send(
+    def _prepare(
         self,
         resolved: ResolvedEnvironment,
         final: str,
         tmp: Path,
         cache: DownloadCache,
         reporter: Reporter,
-    ) -> DeploymentMetadata:
+    ) -> _Prepared:
+        """Lay the environment out here, for its final path on the cluster, and group it."""
         prefix = tmp / "prefix"
         artifacts = artifacts_of(resolved)
         cached = cache.fetch_all(artifacts, reporter)
@@ -182,31 +214,42 @@ class RemoteStore:
         )
         metadata = DeploymentMetadata.for_environment(resolved, final, self.target)
         metadata.write(prefix / METADATA_NAME)
-        layout_plan = plan(prefix, final)
-        keys = [g.key for g in layout_plan.groups]
-        missing = set(
-            self._run(sh.MISSING, [self.base], input="\n".join(keys) + "\n").stdout.split()
-        )
-        bundle = tmp / "bundle.tar"
-        _write_bundle(bundle, prefix, layout_plan, missing)
-        digest = hashlib.sha256(f"{resolved.lock_hash}{sorted(missing)}".encode()).hexdigest()[:16]
-        remote_bundle = f"{self.base}/uploads/{resolved.short_hash}-{digest}.tar"
-        size = bundle.stat().st_size
+        return _Prepared(prefix, plan(prefix, final), metadata)
+
+    def _send(
+        self, resolved: ResolvedEnvironment, prepared: _Prepared, reporter: Reporter
+    ) -> DeploymentMetadata:
+        key = resolved.short_hash
+        keys = [g.key for g in prepared.plan.groups]
+        listed = self._run(sh.MISSING, [self.base, key], input="\n".join(keys) + "\n").stdout
+        missing = set(listed.split())
+        sending = [g for g in prepared.plan.groups if g.key in missing]
+        total = sum(g.size for g in sending) + prepared.plan.env.size
+        compression = "zstd" if self._remote_zstd else "none"
         reporter.step(
-            f"sending {len(missing)} of {len(keys)} package groups + environment files ({size / 1e6:.1f} MB)"
+            f"sending {len(sending)} of {len(keys)} package groups + environment files "
+            f"({total / 1e6:.1f} MB{', zstd' if compression == 'zstd' else ''})"
         )
-        with reporter.task("upload", size) as advance:
-            done = [0]
-
-            def progress(sent: int, total: int) -> None:
-                advance(sent - done[0])
-                done[0] = sent
-
-            self.transport.upload(bundle, remote_bundle, progress=progress)
-        self._finalize([self.base, resolved.short_hash, remote_bundle, *keys])
-        self.last_transfer = TransferReport(len(keys), len(missing), size, layout_plan.env.size)
-        reporter.step(f"deployed environment {resolved.short_hash} at {final}")
-        return metadata
+        before = self.transport.stats.bytes_uploaded
+        with reporter.task("upload", total) as advance:
+            result = self.transport.pipe(
+                ["sh", "-c", sh.RECEIVE, "sh", self.base, key, compression],
+                lambda write: _stream_bundle(write, prepared, missing, compression, advance),
+            )
+        if result.exit_status != 0:
+            detail = result.stderr.strip().splitlines()[-1:] or [
+                f"exit status {result.exit_status}"
+            ]
+            raise _store_error_text(detail[0], self.base)
+        self._finalize([self.base, key, *keys])
+        self.last_transfer = TransferReport(
+            len(keys),
+            len(sending),
+            self.transport.stats.bytes_uploaded - before,
+            prepared.plan.env.size,
+        )
+        reporter.step(f"deployed environment {key} at {prepared.metadata.deployment_path}")
+        return prepared.metadata
 
     def _finalize(self, args: list[str]) -> None:
         """Run under the transport's watchdog: if we die, the edge node stops building too."""
@@ -256,34 +299,82 @@ class RemoteStore:
         return [self.layout.env(k) for k in removed]
 
 
-def _write_bundle(path: Path, prefix: Path, layout_plan: Plan, missing: set[str]) -> None:
-    with path.open("wb") as out:
-        tar = TarWriter(out)
-        for group in layout_plan.groups:
-            if group.key not in missing:
-                continue
-            dirs: set[str] = set()
-            for file in group.files:
-                parent = file.rel.rsplit("/", 1)[0] if "/" in file.rel else ""
-                while parent and parent not in dirs:
-                    dirs.add(parent)
-                    parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
-            tar.add_dir(f"groups/{group.key}")
-            for d in sorted(dirs):
-                tar.add_dir(f"groups/{group.key}/{d}")
-            for file in group.files:
-                tar.add_file(
-                    f"groups/{group.key}/{file.rel}", prefix / file.rel, file.size, file.mode
-                )
-        env = layout_plan.env
-        tar.add_dir("env")
-        for d in env.dirs:
-            tar.add_dir(f"env/{d}")
-        for file in env.files:
-            tar.add_file(f"env/{file.rel}", prefix / file.rel, file.size, file.mode)
-        for rel, target in env.symlinks.items():
-            tar.add_symlink(f"env/{rel}", target)
-        tar.close()
+def _remove_in_background(path: Path) -> None:
+    """Deleting thousands of staged files takes seconds on some filesystems; the result is
+    ready before that, so let a (non-daemon) thread do it while the caller goes on."""
+    threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}).start()
+
+
+class _ChunkedWriter:
+    """File-like adapter: buffers small writes into ~1 MB chunks for the SSH channel."""
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        self._send = send
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        if len(self._buffer) >= STREAM_CHUNK:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._send(bytes(self._buffer))
+            self._buffer.clear()
+
+
+def _stream_bundle(
+    send: Callable[[bytes], None],
+    prepared: _Prepared,
+    missing: set[str],
+    compression: str,
+    advance: Callable[[int], None],
+) -> None:
+    """The tar stream: each missing group under groups/<key>/ followed by its marker file
+    groups/<key>.done, then the environment part under env/."""
+    sink = _ChunkedWriter(send)
+    out: Any = sink
+    compressor = None
+    if compression == "zstd":
+        raw: Any = sink  # zstandard only needs an object with write()
+        compressor = zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(raw, closefd=False)
+        out = compressor
+    tar = TarWriter(out, use_sendfile=False)
+    prefix = prepared.prefix
+    for group in prepared.plan.groups:
+        if group.key not in missing:
+            continue
+        tar.add_dir(f"groups/{group.key}")
+        for directory in _parents(f.rel for f in group.files):
+            tar.add_dir(f"groups/{group.key}/{directory}")
+        for file in group.files:
+            tar.add_file(f"groups/{group.key}/{file.rel}", prefix / file.rel, file.size, file.mode)
+            advance(file.size)
+        tar.add_bytes(f"groups/{group.key}.done", b"")
+    env = prepared.plan.env
+    tar.add_dir("env")
+    for directory in env.dirs:
+        tar.add_dir(f"env/{directory}")
+    for file in env.files:
+        tar.add_file(f"env/{file.rel}", prefix / file.rel, file.size, file.mode)
+        advance(file.size)
+    for rel, target in env.symlinks.items():
+        tar.add_symlink(f"env/{rel}", target)
+    tar.close()
+    if compressor is not None:
+        compressor.flush(zstandard.FLUSH_FRAME)
+    sink.flush()
+
+
+def _parents(paths: Iterable[str]) -> list[str]:
+    dirs: set[str] = set()
+    for rel in paths:
+        parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
+    return sorted(dirs)
 
 
 def _first_line(lines: LineStream, base: str) -> str:

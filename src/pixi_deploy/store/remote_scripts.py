@@ -10,6 +10,7 @@ Linux login node has.
 PROBE = r"""
 base=$1; shift
 uname -sm
+if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi
 while [ $# -ge 2 ]; do
   if [ -f "$base/envs/$2/deployment_metadata.json" ]; then
     printf '\036%s\n' "$1"
@@ -27,7 +28,7 @@ done
 # $1 = base, $2 = key
 LOCK = r"""
 base=$1; key=$2
-mkdir -p "$base/envs" "$base/locks" "$base/objects" "$base/names" "$base/uploads" || exit 3
+mkdir -p "$base/envs" "$base/locks" "$base/objects" "$base/names" || exit 3
 [ -w "$base/envs" ] || { echo "not writable: $base" >&2; exit 3; }
 exec 8>"$base/locks/gc.lock" 9>"$base/locks/$key.lock" || exit 3
 flock -s 8 && flock -x 9 || exit 3
@@ -36,30 +37,40 @@ exec sleep 2147483647
 """
 
 
-# Which of the group keys on stdin are missing under objects/.  $1 = base
+# Which of the group keys on stdin the cluster lacks: neither published under objects/ nor
+# completely received (marker file) by an earlier, interrupted attempt.  $1 = base, $2 = key
 MISSING = r"""
+inc="$1/objects/.incoming-$2"
 cd "$1/objects" || exit 3
-while read -r k; do [ -d "$k" ] || printf '%s\n' "$k"; done
+while read -r k; do [ -d "$k" ] || [ -e "$inc/groups/$k.done" ] || printf '%s\n' "$k"; done
 """
 
-# Unpack the bundle, publish new groups, hard-link the environment together, rename it into
-# place. $1 = base, $2 = key, $3 = bundle, then the environment's group keys.
+# Receive the stream (tar, or zstd-compressed tar) into the environment's incoming folder.
+# Groups end with a marker file, so after a dropped connection only unfinished ones are resent.
+# $1 = base, $2 = key, $3 = zstd|none
+RECEIVE = r"""
+set -eu
+inc="$1/objects/.incoming-$2"
+mkdir -p "$inc"
+rm -rf "$inc/env"
+if [ "$3" = zstd ]; then zstd -dcq | tar -xf - -C "$inc"; else tar -xf - -C "$inc"; fi
+"""
+
+# Publish received groups, hard-link the environment together beside its final path, rename
+# it into place.  $1 = base, $2 = key, then the environment's group keys.
 FINALIZE = r"""
 set -eu
-base=$1; key=$2; bundle=$3; shift 3
+base=$1; key=$2; shift 2
 umask 022
+inc="$base/objects/.incoming-$key"
 for stale in "$base/envs/.$key.staging-"*; do [ -e "$stale" ] && rm -rf "$stale"; done
-inc=$(mktemp -d "$base/objects/.incoming-XXXXXX")
 stage=$(mktemp -d "$base/envs/.$key.staging-XXXXXX")
-trap 'rm -rf "$inc" "$stage"' EXIT
-tar -xf "$bundle" -C "$inc"
-if [ -d "$inc/groups" ]; then
-  for g in "$inc"/groups/*; do
-    [ -e "$g" ] || continue
-    k=${g##*/}
-    [ -d "$base/objects/$k" ] || mv -T "$g" "$base/objects/$k" 2>/dev/null || [ -d "$base/objects/$k" ]
-  done
-fi
+trap 'rm -rf "$stage"' EXIT
+for done in "$inc"/groups/*.done; do
+  [ -e "$done" ] || continue
+  g=${done%.done}; k=${g##*/}
+  [ -d "$base/objects/$k" ] || mv -T "$g" "$base/objects/$k" 2>/dev/null || [ -d "$base/objects/$k" ]
+done
 n=$#
 for k; do
   [ -d "$base/objects/$k" ] || { echo "missing object $k" >&2; exit 4; }
@@ -74,7 +85,7 @@ if ! mv -T "$stage" "$base/envs/$key" 2>/dev/null; then
   # a killed deploy's finalize may have published it meanwhile: fine if it is complete
   [ -f "$base/envs/$key/deployment_metadata.json" ] || { echo "cannot publish $key" >&2; exit 4; }
 fi
-rm -f "$bundle"
+rm -rf "$inc"
 """
 
 # Point a name at an environment, atomically.  $1 = base, $2 = name, $3 = relative target
@@ -119,6 +130,7 @@ for key; do
     printf '%s\n' "$key"
   fi
 done
+rm -rf "$base"/objects/.incoming-*  # no deploy runs while we hold gc.lock
 for g in "$base"/objects/*/; do
   [ -d "$g" ] || continue
   if [ -z "$(find "$g" -type f -links +1 -print -quit)" ]; then rm -rf "$g"; fi

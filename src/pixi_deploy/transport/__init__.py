@@ -8,13 +8,14 @@ handled in one place.
 from __future__ import annotations
 
 from .connection import LineStream, Transport, close_all, get_transport
-from .failures import RemoteCommandError, RemoteFileNotFoundError
+from .failures import ConnectionLostError, RemoteCommandError, RemoteFileNotFoundError
 from .quoting import command_line, join, quote, sh_c
 from .session import CommandResult, TransportStats
 from .settings import Secret, SSHSettings
 
 __all__ = [
     "CommandResult",
+    "ConnectionLostError",
     "LineStream",
     "RemoteCommandError",
     "RemoteFileNotFoundError",

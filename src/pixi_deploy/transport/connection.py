@@ -158,6 +158,26 @@ class Transport:
                     callback(line)
             return lines.exit_status
 
+    def pipe(
+        self, argv: Sequence[quoting.Arg], produce: Callable[[Callable[[bytes], None]], None]
+    ) -> CommandResult:
+        """Run argv and stream into its stdin: ``produce(write)`` calls ``write(chunk)``, which
+        blocks while the channel is full. Like ``producer | ssh host argv``, without a local
+        temporary file; the result carries the exit status and output (check it yourself)."""
+        process = self._call(self._session.start_piped(argv))
+
+        def write(data: bytes) -> None:
+            if data:
+                self._call(self._session.write_piped(process, data))
+                self._session.stats.bytes_uploaded += len(data)
+
+        try:
+            produce(write)
+        except BaseException:
+            self._call(self._session.finish_piped(process, argv, abort=True))
+            raise
+        return self._call(self._session.finish_piped(process, argv, abort=False))
+
     # -- files ----------------------------------------------------------------------------
     def upload(
         self,

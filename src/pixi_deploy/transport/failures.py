@@ -38,6 +38,10 @@ class RemoteCommandError(TransportError):
         self.stderr = stderr
 
 
+class ConnectionLostError(TransportError):
+    """The connection dropped in the middle of an operation; reconnecting may resume it."""
+
+
 class RemoteFileNotFoundError(TransportError):
     """A remote path read through SFTP does not exist."""
 

@@ -19,7 +19,7 @@ from pixi_deploy.errors import TransportError
 
 from . import quoting
 from .connect import open_connection
-from .failures import LOST, PermanentConnectError, RemoteCommandError, one_line
+from .failures import LOST, ConnectionLostError, PermanentConnectError, RemoteCommandError, one_line
 from .settings import SSHSettings
 
 log = logging.getLogger("pixi_deploy.transport")
@@ -179,7 +179,7 @@ class Session:
                 ) from None
             except LOST as exc:
                 self.drop()
-                raise TransportError(
+                raise ConnectionLostError(
                     f"the SSH connection to {self.where} was lost while running {describe(shown)}",
                     "the command may or may not have completed; check and retry",
                 ) from exc
@@ -188,7 +188,7 @@ class Session:
         status = process.exit_status
         if status is None or (status < 0 and process.exit_signal is None):
             self.drop()
-            raise TransportError(
+            raise ConnectionLostError(
                 f"the SSH connection to {self.where} was lost while running {describe(shown)}",
                 "the command may or may not have completed; check and retry",
             )
@@ -211,6 +211,64 @@ class Session:
                 result.stderr,
             )
         return result
+
+    async def start_piped(self, argv: Sequence[quoting.Arg]) -> asyncssh.SSHClientProcess[bytes]:
+        """Start argv with a writable stdin; the caller streams into it (see Transport.pipe)."""
+        await self._channels.acquire()
+        try:
+            return await self.retrying(
+                lambda: self.start_process(quoting.command_line(argv), False)
+            )
+        except BaseException:
+            self._channels.release()
+            raise
+
+    async def write_piped(self, process: asyncssh.SSHClientProcess[bytes], data: bytes) -> None:
+        try:
+            process.stdin.write(data)
+            await process.stdin.drain()
+        except LOST as exc:
+            self.drop()
+            raise ConnectionLostError(
+                f"the SSH connection to {self.where} was lost while sending data",
+                "run the command again; completed parts are kept",
+            ) from exc
+
+    async def finish_piped(
+        self, process: asyncssh.SSHClientProcess[bytes], argv: Sequence[quoting.Arg], abort: bool
+    ) -> CommandResult:
+        shown = tuple(str(a) for a in argv)
+        try:
+            if abort:
+                process.close()
+                return CommandResult(
+                    argv=shown, exit_status=130, stdout="", stderr="", stdout_bytes=b""
+                )
+            process.stdin.write_eof()
+            out, err = await process.communicate()
+        except LOST as exc:
+            self.drop()
+            raise ConnectionLostError(
+                f"the SSH connection to {self.where} was lost while running {describe(shown)}",
+                "run the command again; completed parts are kept",
+            ) from exc
+        finally:
+            process.close()
+            self._channels.release()
+        status = process.exit_status
+        if status is None or status < 0:
+            self.drop()
+            raise ConnectionLostError(
+                f"the SSH connection to {self.where} was lost while running {describe(shown)}",
+                "run the command again; completed parts are kept",
+            )
+        return CommandResult(
+            argv=shown,
+            exit_status=status,
+            stdout=_text(out),
+            stderr=_text(err),
+            stdout_bytes=out or b"",
+        )
 
     async def close(self) -> None:
         conn = self._conn

@@ -14,10 +14,8 @@ from typing import Any
 
 import asyncssh
 
-from pixi_deploy.errors import TransportError
-
 from . import quoting
-from .failures import LOST
+from .failures import LOST, ConnectionLostError
 from .session import Session, describe
 
 
@@ -53,7 +51,7 @@ async def pump_lines(
         sink.put(
             StreamEnd(
                 None,
-                TransportError(
+                ConnectionLostError(
                     f"the SSH connection to {session.where} was lost while following {shown}",
                     "start following again; nothing on the cluster was affected",
                 ),
