@@ -12,9 +12,9 @@ import time
 import uuid
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
-import dagster as dg
 from pixi_deploy.dagster import BashLauncher, ComputeResource, SessionResource
 from pixi_deploy.store.remote import RemoteStore
 from pixi_deploy.workspace import load_workspace

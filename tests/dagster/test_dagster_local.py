@@ -9,9 +9,9 @@ import textwrap
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
-import dagster as dg
 from pixi_deploy.dagster import (
     BashLauncher,
     ComputeResource,

@@ -66,6 +66,9 @@ class ComputeResource(dg.ConfigurableResource):
     debug_mode: bool = Field(
         default=False, description="Keep the cluster run folder and local submission details"
     )
+    debug_dir: str | None = Field(
+        default=None, description="Where debug_mode keeps submission details (default: tmp)"
+    )
     cleanup_on_failure: bool = Field(
         default=True, description="Remove the cluster run folder of failed runs too"
     )
@@ -156,6 +159,7 @@ class ComputeResource(dg.ConfigurableResource):
                 extra_files=list(extra_files or []),
                 timeout=timeout,
                 debug_mode=self.debug_mode,
+                debug_dir=self.debug_dir,
                 cleanup_on_failure=self.cleanup_on_failure,
                 metadata={**facts, "pixi_deploy_launcher": chosen.describe()},
             ),

@@ -19,16 +19,17 @@ import contextlib
 import json
 import re
 import secrets
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dagster import AssetExecutionContext, OpExecutionContext
 from dagster._core.errors import DagsterPipesExecutionError
 from dagster._core.pipes.client import PipesClientCompletedInvocation
 from dagster._core.pipes.utils import open_pipes_session
 
-from dagster import AssetExecutionContext, OpExecutionContext
 from pixi_deploy.errors import ConfigError
 from pixi_deploy.slurm import JobResources, JobResult, JobSpec
 from pixi_deploy.store.remote import RemoteStore
@@ -63,6 +64,7 @@ class RemoteRun:
     extra_files: Sequence[str] = ()
     timeout: float | None = None
     debug_mode: bool = False
+    debug_dir: str | None = None
     cleanup_on_failure: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -227,7 +229,10 @@ def _step_name(context: Context, unique: bool = True) -> str:
 def _keep_debug_copy(context: Context, spec: JobSpec, folder: str, run: RemoteRun) -> None:
     """debug_mode: what was submitted, kept locally for inspection (values of environment
     variables are left out: they may hold credentials)."""
-    local = Path(".pixi-deploy", "dagster-debug", _safe(context.run_id), folder.rsplit("/", 1)[-1])
+    root = (
+        Path(run.debug_dir) if run.debug_dir else Path(tempfile.gettempdir(), "pixi-deploy-dagster")
+    )
+    local = root / _safe(context.run_id) / folder.rsplit("/", 1)[-1]
     local.mkdir(parents=True, exist_ok=True)
     (local / "launcher.sh").write_text(run.launcher.render(spec) if run.launcher else "")
     summary = {
