@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from pixi_deploy.channels import ChannelSettings
 from pixi_deploy.cli import EnvironmentOpt, JsonOpt, ManifestPath, PlatformOpt, stderr, stdout
 from pixi_deploy.errors import ConfigError
 from pixi_deploy.pack import DownloadCache, read_metadata, unpack, write_pack
@@ -248,33 +249,37 @@ def deploy(
 ) -> None:
     """Deploy an environment to a content-addressed store; reuse it when already there."""
     workspace = load_workspace(manifest_path)
-    if target == "ssh" and (inject or build_sdists):
-        raise ConfigError(
-            "--inject and --build-sdists work with --target local (and `pack`) only so far",
-            "pack with them and deploy the pack, or deploy locally",
-        )
-    if target == "local":
-        resolved = workspace.resolve(environment, platform)
-        cache = DownloadCache(cache_dir)
-        resolved = prepare_environment(
+    cache = DownloadCache(cache_dir)
+    cache.channels = ChannelSettings.load(workspace.root)  # pixi's mirrors and credentials
+
+    def prepare(resolved: ResolvedEnvironment) -> ResolvedEnvironment:
+        return prepare_environment(
             resolved,
             cache,
             inject=inject or (),
             build_sdists=build_sdists,
             reporter=_reporter(json_),
         )
+
+    if target == "local":
         store = LocalStore(_local_base(workspace, base), cache)
-        metadata = store.deploy(resolved, name=name, reporter=_reporter(json_))
+        metadata = store.deploy(
+            prepare(workspace.resolve(environment, platform)), name=name, reporter=_reporter(json_)
+        )
     elif target == "ssh":
         from pixi_deploy.store.remote import deploy_ssh
 
+        needs_prepare = bool(
+            inject or build_sdists or _has_path_dependencies(workspace, environment)
+        )
         metadata = deploy_ssh(
             workspace,
             environment,
             platform,
             name=name,
-            cache=DownloadCache(cache_dir),
+            cache=cache,
             reporter=_reporter(json_),
+            prepare=prepare if needs_prepare else None,
         )
     else:
         raise ConfigError(f"unknown target '{target}'", "use --target local or --target ssh")
@@ -284,6 +289,19 @@ def deploy(
         json_,
         {**json.loads(metadata.to_json()), "metadata_file": str(metadata_out)},
         f"{verb} {metadata.environment} ({metadata.platform}) at {metadata.deployment_path}",
+    )
+
+
+def _has_path_dependencies(workspace: Workspace, environment: str | None) -> bool:
+    env = workspace.lock.environment(
+        environment or workspace.config.get("environment") or "default"
+    )
+    if env is None:
+        return False
+    return any(
+        "://" not in str(p.location) or str(p.location).startswith("file://")
+        for platform in env.platforms()
+        for p in env.pypi_packages_for_platform(platform) or []
     )
 
 
@@ -312,8 +330,10 @@ def run(
         code = run_in_environment(Path(metadata.deployment_path), command)
     else:
         workspace = load_workspace(manifest_path)
-        store = LocalStore(_local_base(workspace, base), DownloadCache(cache_dir))
-        metadata = store.deploy(workspace.resolve(environment, platform), reporter=_reporter(True))
+        cache = DownloadCache(cache_dir)
+        resolved = prepare_environment(workspace.resolve(environment, platform), cache)
+        store = LocalStore(_local_base(workspace, base), cache)
+        metadata = store.deploy(resolved, reporter=_reporter(True))
         code = store.run(metadata, command)
     raise typer.Exit(code)
 

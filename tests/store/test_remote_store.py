@@ -390,3 +390,52 @@ def test_wrong_password_is_one_line_without_secret(
     result = cli("deploy", "--target", "ssh", "--manifest-path", demo_ws)
     assert result.exit_code == 7 and "exactly one" in result.stderr
     assert secret not in result.stderr
+
+
+def test_editable_path_dependency_deploys_and_code_change_moves_one_wheel(
+    ssh_env, base: str, tmp_path: Path, cli, monkeypatch, transport: Transport
+) -> None:
+    from pixi_deploy.testing.python_pkg import make_python_workspace
+
+    # the wrapper must run as the cluster's user: the system interpreter, not root's pyenv
+    system_python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    ws = make_python_workspace(tmp_path / "py", interpreter=system_python)
+    monkeypatch.setenv("SLURM_DEPLOYMENT_BASE_PATH", base)
+    monkeypatch.chdir(tmp_path)
+    from pixi_deploy.transport import get_transport
+
+    shared = get_transport()  # the CLI's process-wide transport
+    start = shared.stats.bytes_uploaded
+    first = cli(
+        "deploy", "--target", "ssh", "--manifest-path", ws, "--cache-dir", tmp_path / "c", "--json"
+    )
+    assert first.exit_code == 0, first.stderr
+    cold_bytes = shared.stats.bytes_uploaded - start
+    path = json.loads(first.stdout)["deployment_path"]
+    out = transport.run_script(
+        '. "$1/activate.sh" && python -c "import myproj, sys; print(myproj.__file__)"', [path]
+    )
+    assert out.stdout.strip().startswith(
+        f"{path}/lib/python"
+    )  # installed, not a link to the laptop
+    # a code-only change: a new deployment that moves about one wheel
+    module = next((ws / "myproj").rglob("myproj/__init__.py"), None) or next(
+        (ws / "myproj").rglob("*.py")
+    )
+    module.write_text(module.read_text() + "\nCHANGED = 'yes'\n")
+    from pixi_deploy.pack.inject import prepare_environment
+
+    cache = DownloadCache(tmp_path / "c")
+    store = RemoteStore(transport, base)
+    second = store.deploy(
+        load_workspace(ws), prepare=lambda r: prepare_environment(r, cache), cache=cache
+    )
+    new_path = second.deployment_path
+    assert new_path != path
+    changed = transport.run_script(
+        '. "$1/activate.sh" && python -c "import myproj; print(myproj.CHANGED)"', [new_path]
+    )
+    assert changed.stdout.strip() == "yes"
+    # exactly one package group moved: the rebuilt wheel (plus the small environment part)
+    assert store.last_transfer.groups_sent == 1
+    assert store.last_transfer.bundle_bytes <= cold_bytes

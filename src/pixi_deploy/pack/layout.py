@@ -27,7 +27,8 @@ from installer.sources import WheelFile
 from pixi_deploy.errors import PackError, StoreError, store_error_from_os
 
 ACTIVATE_NAME = "activate.sh"
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9/._+@%,=:~-]+$")
+# no ':' either: it would split PATH (and other path lists) when the environment is activated
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9/._+@%,=~-]+$")
 
 
 def check_environment_path(path: str | Path) -> str:
@@ -44,7 +45,7 @@ def check_environment_path(path: str | Path) -> str:
         raise StoreError(
             f"the environment path {text!r} contains {shown}, which conda environments cannot "
             "live under (shebangs and scripts embed the path)",
-            "pick a path made of letters, digits and / . _ - + @ % , = :",
+            "pick a path made of letters, digits and / . _ - + @ % , =",
         )
     return text
 

@@ -91,12 +91,17 @@ class RemoteStore:
         name: str | None = None,
         cache: DownloadCache | None = None,
         reporter: Reporter | None = None,
+        prepare: Callable[[ResolvedEnvironment], ResolvedEnvironment] | None = None,
     ) -> DeploymentMetadata:
+        """``prepare`` (e.g. building path dependencies, injecting files) may change the
+        environment's identity, so with it the platform is detected first (one more round trip)."""
         reporter = reporter or NullReporter()
         if name:
             check_name(name)
         cache = cache or DownloadCache()
-        resolved, existing = self._probe(workspace, environment, platform)
+        if prepare is not None and platform in (None, "", "auto"):
+            platform = self.transport.platform()
+        resolved, existing = self._probe(workspace, environment, platform, prepare)
         if existing is None:
             existing = self._deploy_locked(resolved, cache, reporter)
         else:
@@ -112,7 +117,11 @@ class RemoteStore:
         return existing
 
     def _probe(
-        self, workspace: Workspace, environment: str | None, platform: str | None
+        self,
+        workspace: Workspace,
+        environment: str | None,
+        platform: str | None,
+        prepare: Callable[[ResolvedEnvironment], ResolvedEnvironment] | None = None,
     ) -> tuple[ResolvedEnvironment, DeploymentMetadata | None]:
         """One round trip: the edge node's platform and, if present, the deployed metadata."""
         auto = platform in (None, "", "auto")
@@ -124,6 +133,8 @@ class RemoteStore:
             if auto
             else [workspace.resolve(environment, platform)]
         )
+        if prepare is not None:
+            candidates = [prepare(c) for c in candidates]
         args = [self.base] + [x for r in candidates for x in (r.platform, r.short_hash)]
         out = self._run(sh.PROBE, args).stdout
         head, _, found = out.partition("\036")
@@ -427,6 +438,9 @@ def deploy_ssh(
     name: str | None = None,
     cache: DownloadCache | None = None,
     reporter: Reporter | None = None,
+    prepare: Callable[[ResolvedEnvironment], ResolvedEnvironment] | None = None,
 ) -> DeploymentMetadata:
     store = remote_store_from_env()
-    return store.deploy(workspace, environment, platform, name=name, cache=cache, reporter=reporter)
+    return store.deploy(
+        workspace, environment, platform, name=name, cache=cache, reporter=reporter, prepare=prepare
+    )

@@ -216,11 +216,14 @@ def make_python_workspace(
     platforms: Sequence[str] = ("linux-64",),
     path_dependencies: Mapping[str, str] | None = None,
     conda: Sequence[str] = ("greet", "python"),
+    interpreter: str | None = None,
 ) -> Path:
     """The demo channel plus :func:`python_wrapper_spec`, and a workspace at ``dest/workspace``
     whose default environment has ``conda`` packages and path dependencies (name -> relative
     path, each written with :func:`write_python_project`; default ``{"myproj": "./myproj"}``)."""
-    specs = demo_specs(platforms) + [python_wrapper_spec(p) for p in platforms]
+    specs = demo_specs(platforms) + [
+        python_wrapper_spec(p, interpreter=interpreter) for p in platforms
+    ]
     channel = build_channel(dest / "channel", specs)
     workspace = dest / "workspace"
     deps = {"myproj": "./myproj"} if path_dependencies is None else dict(path_dependencies)
