@@ -52,6 +52,11 @@ async def _connect_one(
         "keepalive_interval": settings.keepalive_interval,
         "keepalive_count_max": 3,
         "tunnel": tunnel,
+        # AES-GCM runs on the CPU's AES instructions: ~2x the throughput of asyncssh's default
+        # (chacha20) for uploads. The others stay as fallbacks for servers that lack it.
+        "encryption_algs": PREFERRED_CIPHERS,
+        "window": WINDOW_BYTES,
+        "max_pktsize": MAX_PACKET_BYTES,
     }
     if port is not None:
         kwargs["port"] = port
@@ -68,6 +73,18 @@ async def _connect_one(
         return await asyncssh.connect(host, **kwargs)
     except (TimeoutError, asyncssh.Error, OSError, ValueError) as exc:
         raise connect_error(exc, where, policy, settings.connect_timeout) from None
+
+
+PREFERRED_CIPHERS = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+]
+WINDOW_BYTES = 16 * 1024 * 1024
+MAX_PACKET_BYTES = 256 * 1024
 
 
 async def open_connection(
