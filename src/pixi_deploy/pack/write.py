@@ -9,10 +9,9 @@ uncompressed pack close to ``tar -c`` even though every byte is checked against 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import tarfile
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,9 @@ from pixi_deploy.errors import PackError, store_error_from_os
 from pixi_deploy.pack.fetch import Artifact, DownloadCache, artifacts_of
 from pixi_deploy.pack.format import LOCK_MEMBER, METADATA_NAME, PackedFile, PackMetadata
 from pixi_deploy.progress import NullReporter, Reporter
+from pixi_deploy.tarwriter import TarWriter
 from pixi_deploy.workspace import ResolvedEnvironment
 
-BLOCK = tarfile.BLOCKSIZE
-RECORD = tarfile.RECORDSIZE
 COMPRESSIONS = ("none", "zstd")
 
 
@@ -85,11 +83,11 @@ def write_pack(
                     compressor = zstandard.ZstdCompressor(level=zstd_level, threads=-1)
                     with compressor.stream_writer(raw, closefd=False) as zout:
                         _write_members(
-                            zout, metadata, lock_bytes, artifacts, cached, None, advance, cache
+                            zout, metadata, lock_bytes, artifacts, cached, False, advance, cache
                         )
                 else:
                     _write_members(
-                        raw, metadata, lock_bytes, artifacts, cached, raw.fileno(), advance, cache
+                        raw, metadata, lock_bytes, artifacts, cached, True, advance, cache
                     )
             raw.flush()
             os.fsync(raw.fileno())
@@ -144,8 +142,8 @@ def _write_members(
     lock_bytes: bytes,
     artifacts: list[Artifact],
     cached: dict[Artifact, Path],
-    out_fd: int | None,
-    advance: object,
+    use_sendfile: bool,
+    advance: Callable[[int], None],
     cache: DownloadCache,
 ) -> None:
     # Sizes are taken from the cache (the lock may omit them); the metadata is written after
@@ -155,15 +153,16 @@ def _write_members(
         PackedFile(f.path, f.sha256, sizes[a], f.kind, f.name)
         for f, a in zip(metadata.files, artifacts, strict=True)
     ]
-    written = _add_bytes(out, METADATA_NAME, metadata.to_json())
-    written += _add_bytes(out, LOCK_MEMBER, lock_bytes)
-    with ThreadPoolExecutor(1) as hasher:
+    tar = TarWriter(out, use_sendfile=use_sendfile)
+    tar.add_bytes(METADATA_NAME, metadata.to_json())
+    tar.add_bytes(LOCK_MEMBER, lock_bytes)
+    with ThreadPoolExecutor(1) as hasher:  # hash file n while the kernel copies it
         checks: list[tuple[Artifact, Future[str]]] = []
         for artifact in artifacts:
             path = cached[artifact]
             checks.append((artifact, hasher.submit(_sha256_file, path)))
-            written += _add_file(out, artifact.pack_path, path, sizes[artifact], out_fd)
-            advance(sizes[artifact])  # type: ignore[operator]
+            tar.add_file(artifact.pack_path, path, sizes[artifact])
+            advance(sizes[artifact])
         for artifact, check in checks:
             if check.result() != artifact.sha256:
                 cache.path_for(artifact).unlink(missing_ok=True)
@@ -171,49 +170,7 @@ def _write_members(
                     f"cached {artifact.filename} does not match the sha256 in pixi.lock",
                     "the bad cache entry was removed; run the command again to fetch it afresh",
                 )
-    end = BLOCK * 2
-    written += end
-    out.write(b"\0" * (end + (-written % RECORD)))
-
-
-def _add_bytes(out: BinaryIO, name: str, data: bytes) -> int:
-    header = _header(name, len(data))
-    out.write(header)
-    out.write(data)
-    pad = -len(data) % BLOCK
-    out.write(b"\0" * pad)
-    return len(header) + len(data) + pad
-
-
-def _add_file(out: BinaryIO, name: str, path: Path, size: int, out_fd: int | None) -> int:
-    header = _header(name, size)
-    out.write(header)
-    with path.open("rb") as source:
-        if out_fd is not None:
-            out.flush()
-            sent = 0
-            while sent < size:
-                n = os.sendfile(out_fd, source.fileno(), sent, size - sent)
-                if n == 0:
-                    raise PackError(f"{path} shrank while packing", "run the command again")
-                sent += n
-            # keep the Python-level file position in step with the fd
-            out.seek(0, io.SEEK_END)
-        else:
-            while chunk := source.read(1 << 20):
-                out.write(chunk)
-    pad = -size % BLOCK
-    out.write(b"\0" * pad)
-    return len(header) + size + pad
-
-
-def _header(name: str, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mode = 0o644
-    info.mtime = 0
-    info.uname = info.gname = ""
-    return info.tobuf(format=tarfile.PAX_FORMAT)
+    tar.close()
 
 
 def _sha256_file(path: Path) -> str:
