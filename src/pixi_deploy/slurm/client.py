@@ -12,9 +12,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from pixi_deploy.errors import SchedulerError, TransportError
-from pixi_deploy.transport import RemoteCommandError, Transport
+from pixi_deploy.transport import CommandResult, RemoteCommandError, Transport
 
 from . import remote, script, states
 from .job import Job
@@ -62,6 +63,19 @@ class SlurmClient:
             self._probe()
         return bool(self._use_sacct)
 
+    def run_script(self, text: str, args: Sequence[str], **kwargs: Any) -> CommandResult:
+        """transport.run_script, retried when sshd refused the channel (the command never
+        started, so retrying is safe): with many threads, a just-closed channel can still count
+        against sshd's MaxSessions for a moment."""
+        for delay in (0.1, 0.3, 1.0, 2.0):
+            try:
+                return self.transport.run_script(text, args, **kwargs)
+            except TransportError as error:
+                if "refused a new SSH channel" not in str(error):
+                    raise
+                time.sleep(delay)
+        return self.transport.run_script(text, args, **kwargs)
+
     # -- jobs -------------------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> Job:
         """Write the run folder and sbatch the job script; returns at once (see Job.wait)."""
@@ -72,7 +86,7 @@ class SlurmClient:
         data = script.bundle(spec, script.JOB_SCRIPT, text)
         args = [run_dir, spec.environment_path or "", self.base, run_id]
         try:
-            out = self.transport.run_script(remote.SUBMIT, args, input=data).stdout
+            out = self.run_script(remote.SUBMIT, args, input=data).stdout
         except RemoteCommandError as error:
             raise submit_error(error, spec) from error
         job_id = out.strip().splitlines()[-1] if out.strip() else ""
@@ -87,7 +101,7 @@ class SlurmClient:
             raise SchedulerError(
                 f"{job_id!r} is not a Slurm job id", "pass the number sbatch printed"
             )
-        result = self.transport.run_script(remote.REATTACH, [self.base, job_id], check=False)
+        result = self.run_script(remote.REATTACH, [self.base, job_id], check=False)
         lines = result.stdout.splitlines()
         if result.exit_status != 0 or not lines:
             raise SchedulerError(
@@ -101,63 +115,31 @@ class SlurmClient:
         return job
 
     def states(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
-        """The status of many jobs: one squeue, plus one sacct/scontrol for the ended ones."""
+        """The status of many jobs in one round trip: one squeue for all, and for the ended
+        ones sacct (with accounting) plus scontrol/jobcomp in the same remote script."""
         ids = list(dict.fromkeys(str(i) for i in job_ids))
         if not ids:
             return {}
+        use_sacct = self.use_sacct
+        self._probe()
         self.squeue_calls += 1
-        out = self.transport.run_script(remote.SQUEUE, [",".join(ids), states.SQUEUE_FORMAT]).stdout
-        rows = states.parse_squeue(out)
+        out = self.run_script(
+            remote.STATES,
+            [",".join(ids), states.SQUEUE_FORMAT, "1" if use_sacct else "0", self._jobcomp or ""],
+        ).stdout
+        squeue_text, _, rest = out.partition("\035\n")
+        sacct_text, _, scontrol_text = rest.partition("\035\n")
+        rows = states.parse_squeue(squeue_text)
+        sacct_rows = states.parse_sacct(sacct_text) if use_sacct else {}
+        scontrol_rows = states.parse_key_values(scontrol_text, "scontrol")
         result: dict[str, JobStatus] = {}
-        detail: list[str] = []
         for job_id in ids:
             status = states.combine(job_id, rows)
             if states.needs_detail(status):
-                detail.append(job_id)
+                status = _detail(job_id, status, rows, sacct_rows, scontrol_rows)
             if status is not None:
                 result[job_id] = status
-        if detail:
-            result.update(self._details(detail, result, rows))
         return result
-
-    def _details(
-        self, ids: list[str], squeue: dict[str, JobStatus], squeue_rows: dict[str, JobStatus]
-    ) -> dict[str, JobStatus]:
-        """Exit codes for ended jobs: sacct if it works and already knows, else scontrol/jobcomp.
-
-        sacct learns of an end a moment late, task by task for arrays: its answer counts only
-        when it covers every row squeue still shows for the job.
-        """
-        found: dict[str, JobStatus] = {}
-        rest = ids
-        if self.use_sacct:
-            out = self.transport.run(
-                ["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", states.SACCT_FIELDS],
-                check=False,
-            ).stdout
-            rows = states.parse_sacct(out)
-            for job_id in ids:
-                status = states.combine(job_id, rows)
-                known = states.rows_for(job_id, squeue_rows)
-                covered = all(k in rows or "[" in k for k in known)
-                if status is not None and status.final and covered:
-                    found[job_id] = status
-            rest = [i for i in ids if i not in found]
-        if rest:
-            self._probe()
-            out = self.transport.run_script(
-                remote.SCONTROL, [self._jobcomp or "", *rest], check=False
-            ).stdout
-            rows = states.parse_key_values(out, "scontrol")
-            for job_id in rest:
-                status = states.combine(job_id, rows)
-                if status is not None and status.final:
-                    found[job_id] = status
-                elif job_id in squeue:
-                    found[job_id] = squeue[job_id]  # ended a moment ago; details follow
-                else:
-                    found[job_id] = states.unknown(job_id)
-        return found
 
     def status(self, job_id: str) -> JobStatus:
         return self.states([job_id]).get(job_id) or states.unknown(job_id)
@@ -177,6 +159,26 @@ class SlurmClient:
             if self._poller is None:
                 self._poller = _Poller(self)
             return self._poller
+
+
+def _detail(
+    job_id: str,
+    squeue: JobStatus | None,
+    squeue_rows: dict[str, JobStatus],
+    sacct_rows: dict[str, JobStatus],
+    scontrol_rows: dict[str, JobStatus],
+) -> JobStatus:
+    """Exit codes for an ended job: sacct if it already knows (it learns of an end a moment
+    late, task by task for arrays, so it counts only when it covers every row squeue still
+    shows), else scontrol (until MinJobAge) or the jobcomp file."""
+    status = states.combine(job_id, sacct_rows)
+    known = states.rows_for(job_id, squeue_rows)
+    if status is not None and status.final and all(k in sacct_rows or "[" in k for k in known):
+        return status
+    status = states.combine(job_id, scontrol_rows)
+    if status is not None and status.final:
+        return status
+    return squeue if squeue is not None else states.unknown(job_id)
 
 
 def submit_error(error: RemoteCommandError, spec: JobSpec) -> SchedulerError:

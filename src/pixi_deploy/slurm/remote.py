@@ -38,26 +38,37 @@ mkdir -p "$run"
 tar -xf - -C "$run"
 """
 
-# One squeue for many jobs; "Invalid job id" when none of them is known any more is not an error.
-SQUEUE = r"""
-out=$(squeue -h -t all -j "$1" -o "$2" 2>&1); rc=$?
+# States of many jobs in ONE round trip: one squeue for all; then, only for the jobs squeue
+# shows as ended or no longer shows, sacct (if $3 = 1), scontrol, and the jobcomp file ($4) for
+# those scontrol forgot. Sections are separated by \035 lines.  $1 = ids (comma-separated),
+# $2 = squeue format, $3 = use sacct (1/0), $4 = jobcomp path or ''
+STATES = r"""
+ids=$1; fmt=$2; use_sacct=$3; jc=$4
+out=$(squeue -h -t all -j "$ids" -o "$fmt" 2>&1); rc=$?
 if [ $rc -ne 0 ]; then
-  case $out in *"Invalid job id"*) exit 0 ;; esac
-  printf '%s\n' "$out" >&2; exit $rc
+  case $out in *"Invalid job id"*) out= ;; *) printf '%s\n' "$out" >&2; exit $rc ;; esac
 fi
-printf '%s\n' "$out"
-"""
-
-# scontrol for each job, the jobcomp file for the ones scontrol forgot.  $1 = jobcomp path or ''
-SCONTROL = r"""
-jc=$1; shift
-for id; do
-  out=$(scontrol -o show job "$id" 2>/dev/null)
-  if [ -n "$out" ]; then printf '%s\n' "$out"; continue; fi
+printf '%s\n\035\n' "$out"
+ended=
+for id in $(printf '%s' "$ids" | tr ',' ' '); do
+  mine=$(printf '%s\n' "$out" | grep -E "^${id}(_[^|]*)?\|")
+  if [ -z "$mine" ] || ! printf '%s\n' "$mine" | grep -qvE '\|(COMPLETED|FAILED|OUT_OF_MEMORY|TIMEOUT|NODE_FAIL|CANCELLED|PREEMPTED|BOOT_FAIL|DEADLINE|SPECIAL_EXIT|REVOKED)\|'; then
+    ended="$ended $id"
+  fi
+done
+[ -n "$ended" ] || exit 0
+if [ "$use_sacct" = 1 ]; then
+  sacct -n -P -X -j "$(echo $ended | tr ' ' ',')" -o JobID,State,ExitCode,Reason 2>/dev/null
+fi
+printf '\035\n'
+for id in $ended; do
+  o=$(scontrol -o show job "$id" 2>/dev/null)
+  if [ -n "$o" ]; then printf '%s\n' "$o"; continue; fi
   if [ -n "$jc" ] && [ -r "$jc" ]; then grep -E "^JobId=$id " "$jc" | tail -n 1; fi
 done
 true
 """
+
 
 # Find a job's run folder and its directives.  $1 = base, $2 = job id
 REATTACH = r"""
