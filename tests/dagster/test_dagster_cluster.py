@@ -4,6 +4,7 @@ pre-deployed environments, one allocation shared by a run's assets, cancellation
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,13 +89,14 @@ def test_slurm_mode_deploys_on_demand_then_reuses(
 
 
 def test_remote_payload_exception_fails_with_remote_traceback(
-    slurm_for, shared_base: str, pipes_workspace: Path
+    slurm_for, shared_base: str, pipes_workspace: Path, cluster_transport, tmp_path: Path
 ) -> None:
     compute = ComputeResource(
         mode="slurm",
         slurm=slurm_for(shared_base),
         manifest_path=str(pipes_workspace),
         debug_mode=True,
+        debug_dir=str(tmp_path / "debug"),
     )
     result = dg.materialize(
         [_asset("boom", "explode.py")], resources={"compute": compute}, raise_on_error=False
@@ -103,7 +105,17 @@ def test_remote_payload_exception_fails_with_remote_traceback(
     text = _failure_text(result)
     assert "failed on the cluster" in text
     assert "explode_here" in text and "x / 0" in text and "ZeroDivisionError" in text
-    assert f"{shared_base}/dagster/" in text  # the remote file names: it ran there
+    # the traceback names the payload's file on the cluster: it ran there
+    remote_payload = re.search(rf"{re.escape(shared_base)}/dagster/\S+/explode\.py", text)
+    assert remote_payload is not None
+    # debug_mode keeps the run folder (payload, context, messages) and the submission details
+    folder = remote_payload.group(0).rsplit("/", 1)[0]
+    for name in ("explode.py", "context.json", "messages.jsonl"):
+        assert cluster_transport.exists(f"{folder}/{name}")
+    (job_json,) = (tmp_path / "debug").rglob("job.json")
+    details = json.loads(job_json.read_text())
+    assert details["remote_folder"] == folder and "DAGSTER_PIPES_CONTEXT" in details["env_names"]
+    assert (job_json.parent / "launcher.sh").read_text() == f"python -u {folder}/explode.py\n"
 
 
 def test_missing_pre_deployed_env_fails_before_submitting(
@@ -200,9 +212,17 @@ def _wait_gone(transport, job_id: str, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.parametrize("mode", ["slurm", "slurm-session"])
 def test_interrupted_run_cancels_the_slurm_job(
-    test_cluster, shared_base: str, pipes_workspace: Path, cluster_transport, tmp_path: Path
+    mode: str,
+    test_cluster,
+    shared_base: str,
+    pipes_workspace: Path,
+    cluster_transport,
+    tmp_path: Path,
 ) -> None:
+    """SIGINT is what `dagster` sends a run it terminates: the job (or the session's
+    allocation, whose id the step sees as SLURM_JOB_ID) must be gone afterwards."""
     marker = f"{shared_base}/markers/{uuid.uuid4().hex[:8]}"
     cluster_transport.run(["mkdir", "-p", marker.rsplit("/", 1)[0]])
     c = test_cluster
@@ -214,7 +234,9 @@ def test_interrupted_run_cancels_the_slurm_job(
         import json, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import dagster as dg
-        from pixi_deploy.dagster import ComputeResource, SlurmResource, SSHConnectionResource
+        from pixi_deploy.dagster import (
+            ComputeResource, SessionResource, SlurmResource, SSHConnectionResource
+        )
 
         s = json.loads({json.dumps(json.dumps(settings))})
         slurm = SlurmResource(
@@ -222,7 +244,10 @@ def test_interrupted_run_cancels_the_slurm_job(
                                       key_path=s["key"], known_hosts=s["known"]),
             remote_base={shared_base!r},
         )
-        compute = ComputeResource(mode="slurm", slurm=slurm, manifest_path={str(pipes_workspace)!r})
+        compute = ComputeResource(
+            mode={mode!r}, slurm=slurm, session=SessionResource(time_limit="00:10:00"),
+            manifest_path={str(pipes_workspace)!r},
+        )
 
         @dg.asset
         def slow(context: dg.AssetExecutionContext, compute: ComputeResource):
@@ -256,4 +281,5 @@ def test_interrupted_run_cancels_the_slurm_job(
         if proc.poll() is None:
             proc.kill()
     _wait_gone(cluster_transport, job_id, timeout=30)
-    assert f"cancelling Slurm job {job_id}" in log.read_text()
+    words = "cancelling Slurm job" if mode == "slurm" else "releasing the session allocation"
+    assert f"{words} {job_id}" in log.read_text()

@@ -190,3 +190,27 @@ def test_resources_validate_and_read_the_environment(monkeypatch, tmp_path: Path
     ]
     with pytest.raises(Exception, match="unknown Slurm option"):
         slurm.queue.job_resources({"walltime": "1:00:00"})
+
+
+def test_launchers_become_the_core_launchers() -> None:
+    from pixi_deploy.dagster import RayLauncher
+    from pixi_deploy.launchers import BashLauncher as CoreBash
+    from pixi_deploy.launchers import RayLauncher as CoreRay
+
+    assert isinstance(BashLauncher().to_core(), CoreBash)
+    ray = RayLauncher(object_store_memory_gb=2, num_gpus_per_node=1, ray_start_args=["--x=1"])
+    core = ray.to_core()
+    assert isinstance(core, CoreRay)
+    assert core.object_store_memory == 2 * 1024**3
+    assert core.extra_start_args == ("--x=1", "--num-gpus=1")
+    assert core.dashboard_host == "127.0.0.1"
+    with pytest.raises(Exception, match="ray_address"):
+        RayLauncher(ray_address="10.0.0.1:6379").to_core()
+    # the docs' session snippet with a Ray default launcher constructs as written
+    ComputeResource(
+        mode="slurm-session",
+        slurm=SlurmResource(ssh=SSHConnectionResource(host="h", user="u", password="pw")),
+        session=SessionResource(enabled=True, num_nodes=2, time_limit="01:00:00"),
+        default_launcher=RayLauncher(),
+        pre_deployed_env_path="/x/envs/abc",
+    )

@@ -8,11 +8,12 @@ runs is the same whether it was submitted from Dagster or from the CLI.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
+
+from pixi_deploy.errors import ConfigError
 
 
 class ComputeLauncher(dg.ConfigurableResource):
@@ -41,27 +42,50 @@ class BashLauncher(ComputeLauncher):
 
 
 class RayLauncher(ComputeLauncher):
-    """Start a Ray cluster across the allocation's nodes around the payload (the driver).
+    """Start Ray across the allocation's nodes, run the payload as the driver (``RAY_ADDRESS``
+    set), tear Ray down: the core :class:`pixi_deploy.launchers.RayLauncher`, configurable.
 
-    Only the options set here are passed on; anything else keeps the core launcher's default.
+    dagster-slurm's ``object_store_memory_gb``, ``ray_start_args`` and ``num_gpus_per_node``
+    are understood; GPUs themselves are requested with the job's resources (``gpus_per_node``).
+    Joining an existing cluster (``ray_address``) is not supported and refused.
     """
 
     dashboard_host: str = Field(default="127.0.0.1", description="Ray dashboard bind address")
-    dashboard_port: int | None = Field(default=None, description="Ray dashboard port")
-    num_gpus_per_node: int | None = Field(default=None, description="GPUs per node for Ray")
-    num_cpus_per_node: int | None = Field(default=None, description="CPUs per node for Ray")
-    object_store_memory_gb: int | None = Field(default=None, description="Object store size")
-    ray_address: str | None = Field(default=None, description="Join this cluster instead")
+    include_dashboard: bool = Field(default=False, description="Start the Ray dashboard")
+    head_port: int | None = Field(default=None, description="GCS port (default: picked)")
+    node_ip_address: str | None = Field(default=None, description="Address the head binds to")
+    wait_timeout: float = Field(default=120.0, description="Seconds to wait for all nodes")
+    worker_ports: int = Field(default=100, description="Worker ports claimed per node")
+    object_store_memory: int | None = Field(default=None, description="Object store bytes")
+    object_store_memory_gb: int | None = Field(default=None, description="Object store GB")
+    client_server: bool = Field(default=False, description="Start the Ray Client server")
     ray_start_args: list[str] = Field(default_factory=list, description="More `ray start` args")
+    num_gpus_per_node: int | None = Field(default=None, description="`ray start --num-gpus`")
+    ray_address: str | None = Field(default=None, description="Not supported (dagster-slurm)")
     activate_sh: str | None = Field(default=None, description="Unused (dagster-slurm compat)")
 
     def to_core(self) -> Any:
         from pixi_deploy.launchers import RayLauncher as CoreRay
 
-        wanted = {
-            k: v for k, v in self.model_dump().items() if k != "activate_sh" and v not in (None, [])
-        }
-        accepted = inspect.signature(CoreRay).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-        kwargs = {k: v for k, v in wanted.items() if takes_any or k in accepted}
-        return CoreRay(**kwargs)
+        if self.ray_address:
+            raise ConfigError(
+                "RayLauncher(ray_address=...) is not supported by pixi-deploy",
+                "let the launcher start Ray in the job's allocation",
+            )
+        store = self.object_store_memory
+        if store is None and self.object_store_memory_gb:
+            store = self.object_store_memory_gb * 1024**3
+        extra = list(self.ray_start_args)
+        if self.num_gpus_per_node is not None:
+            extra.append(f"--num-gpus={self.num_gpus_per_node}")
+        return CoreRay(
+            dashboard_host=self.dashboard_host,
+            include_dashboard=self.include_dashboard,
+            head_port=self.head_port,
+            node_ip_address=self.node_ip_address,
+            wait_timeout=self.wait_timeout,
+            worker_ports=self.worker_ports,
+            object_store_memory=store,
+            client_server=self.client_server,
+            extra_start_args=tuple(extra),
+        )
