@@ -118,7 +118,7 @@ def run_remote(
     if not payload.is_file():
         raise DagsterPipesExecutionError(f"payload {payload_path} does not exist")
     transport = run.slurm.transport()
-    folder = f"{run.slurm.base_path()}/dagster/{_safe(context.run_id)}/{_step_name(context)}"
+    folder = f"{run.slurm.base_path()}/dagster/{_run_id(context)}/{_step_name(context)}"
     remote_payload = f"{folder}/{payload.name}"
     transport.put_bytes(payload.read_bytes(), remote_payload)
     for extra in run.extra_files:
@@ -191,7 +191,7 @@ def _run_step(
     context: Context, run: RemoteRun, spec: JobSpec, output: OutputForwarder
 ) -> JobResult:
     assert run.session is not None
-    session = run.session.get_session(run.slurm, f"dagster-{_safe(context.run_id)[:8]}")
+    session = run.session.get_session(run.slurm, f"dagster-{_run_id(context)[:8]}")
     holder = session.job.id if session.job is not None else "?"
     context.log.info(f"[pixi-deploy] running as a step of the session allocation {holder}")
     run.metadata["slurm_job_id"] = holder
@@ -210,6 +210,12 @@ def _run_step(
 
 def _mode(run: RemoteRun) -> str:
     return "slurm-session" if run.session is not None else "slurm"
+
+
+def _run_id(context: Context) -> str:
+    """The Dagster run id, safe as a path part (``context.run_id`` is deprecated)."""
+    run = getattr(context, "run", None)
+    return _safe(run.run_id if run is not None else context.run_id)
 
 
 def _safe(text: str) -> str:
@@ -232,7 +238,7 @@ def _keep_debug_copy(context: Context, spec: JobSpec, folder: str, run: RemoteRu
     root = (
         Path(run.debug_dir) if run.debug_dir else Path(tempfile.gettempdir(), "pixi-deploy-dagster")
     )
-    local = root / _safe(context.run_id) / folder.rsplit("/", 1)[-1]
+    local = root / _run_id(context) / folder.rsplit("/", 1)[-1]
     local.mkdir(parents=True, exist_ok=True)
     (local / "launcher.sh").write_text(run.launcher.render(spec) if run.launcher else "")
     summary = {

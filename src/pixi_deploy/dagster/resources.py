@@ -39,7 +39,7 @@ class SSHConnectionResource(dg.ConfigurableResource):
     """
 
     host: str = Field(description="Edge node host name, IP or ~/.ssh/config alias")
-    port: int = Field(default=22, description="SSH port")
+    port: int | None = Field(default=None, description="SSH port (default: ssh config, else 22)")
     user: str | None = Field(default=None, description="Login user (default: ssh config/local)")
     key_path: str | None = Field(default=None, description="Private key file (key login)")
     password: str | None = Field(default=None, description="Password (password login)")
@@ -75,7 +75,7 @@ class SSHConnectionResource(dg.ConfigurableResource):
         port = get("PORT")
         return cls(
             host=host,
-            port=int(port) if port else 22,
+            port=int(port) if port else None,
             user=get("USER"),
             key_path=get("KEY_PATH") or get("KEY"),
             password=get("PASSWORD"),
