@@ -25,10 +25,38 @@ from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 
 from pixi_deploy.errors import PackError, StoreError, store_error_from_os
+from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
+from pixi_deploy.progress import Reporter
+from pixi_deploy.workspace import ResolvedEnvironment
 
 ACTIVATE_NAME = "activate.sh"
 # no ':' either: it would split PATH (and other path lists) when the environment is activated
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9/._+@%,=~-]+$")
+
+
+def lay_out_environment(
+    resolved: ResolvedEnvironment,
+    cache: DownloadCache,
+    *,
+    staging: Path,
+    final: Path,
+    reporter: Reporter,
+) -> None:
+    """Fetch (or find in the cache) every archive of ``resolved`` and lay it out."""
+    artifacts = artifacts_of(resolved)
+    cached = cache.fetch_all(artifacts, reporter)
+    reporter.step(f"laying out {len(artifacts)} packages for {final} ({resolved.platform})")
+    lay_out_prefix(
+        list(resolved.conda_records),
+        {a.filename: cached[a] for a in artifacts if a.kind == "conda"},
+        [cached[a] for a in artifacts if a.kind == "pypi"],
+        staging=staging,
+        final=final,
+        platform=resolved.platform,
+        python_version=resolved.python_version,
+        cache_dir=cache.root / "extracted",
+        environment=resolved.name,
+    )
 
 
 def check_environment_path(path: str | Path) -> str:
@@ -67,21 +95,23 @@ def lay_out_prefix(
     ``archives`` maps each record's file name to a verified local archive; nothing is downloaded.
     """
     check_environment_path(final)
-    local_records = []
-    for record in records:
-        path = archives.get(record.file_name)
-        if path is None:
-            raise PackError(f"archive {record.file_name} is missing", "re-create the pack")
-        record.url = path.resolve().as_uri()
-        local_records.append(record)
+    missing = [r.file_name for r in records if r.file_name not in archives]
+    if missing:
+        raise PackError(f"archive {missing[0]} is missing", "re-create the pack")
+    original_urls = [r.url for r in records]
     staging.mkdir(parents=True, exist_ok=True)
-    if local_records:
-        try:
-            asyncio.run(_install(local_records, staging, final, platform, cache_dir))
-        except OSError:
-            raise
-        except Exception as error:  # rattler's InstallerError wraps the OS error as text
-            raise _install_error(error, staging, final) from error
+    try:
+        for record in records:  # rattler installs from these verified local files, not the web
+            record.url = archives[record.file_name].resolve().as_uri()
+        if records:
+            asyncio.run(_install(list(records), staging, final, platform, cache_dir))
+    except OSError:
+        raise
+    except Exception as error:  # rattler's InstallerError wraps the OS error as text
+        raise _install_error(error, staging, final) from error
+    finally:
+        for record, url in zip(records, original_urls, strict=True):
+            record.url = url  # the caller's records are left as they were
     if wheels:
         _install_wheels(wheels, staging, final, python_version)
     _scrub_link_sources(staging)

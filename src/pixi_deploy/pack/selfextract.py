@@ -29,8 +29,8 @@ from pathlib import Path
 
 from pixi_deploy import __version__
 from pixi_deploy.errors import PackError, store_error_from_os
-from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
-from pixi_deploy.pack.layout import lay_out_prefix
+from pixi_deploy.pack.fetch import DownloadCache
+from pixi_deploy.pack.layout import lay_out_environment
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.workspace import ResolvedEnvironment
 
@@ -68,8 +68,6 @@ def write_self_extracting(
     reporter = reporter or NullReporter()
     cache = cache or DownloadCache()
     output = Path(output or default_self_extract_name(resolved)).absolute()
-    artifacts = artifacts_of(resolved)
-    cached = cache.fetch_all(artifacts, reporter)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.work-"))
@@ -77,17 +75,8 @@ def write_self_extracting(
         raise store_error_from_os(error, output.parent) from error
     try:
         prefix = work / "prefix"
-        reporter.step(f"laying out {len(artifacts)} packages for a relocatable installer")
-        lay_out_prefix(
-            list(resolved.conda_records),
-            {a.filename: cached[a] for a in artifacts if a.kind == "conda"},
-            [cached[a] for a in artifacts if a.kind == "pypi"],
-            staging=prefix,
-            final=Path(PLACEHOLDER),
-            platform=resolved.platform,
-            python_version=resolved.python_version,
-            cache_dir=cache.root / "extracted",
-            environment=resolved.name,
+        lay_out_environment(
+            resolved, cache, staging=prefix, final=Path(PLACEHOLDER), reporter=reporter
         )
         texts, strings = write_relocation_list(prefix)
         payload = work / "payload.tar"

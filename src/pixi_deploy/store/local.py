@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pixi_deploy.errors import StoreError, store_error_from_os
-from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
-from pixi_deploy.pack.layout import ACTIVATE_NAME, check_environment_path, lay_out_prefix
+from pixi_deploy.pack.fetch import DownloadCache
+from pixi_deploy.pack.layout import ACTIVATE_NAME, check_environment_path, lay_out_environment
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.store.layout import StoreLayout
 from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
@@ -74,23 +74,10 @@ class LocalStore:
     ) -> None:
         for stale in final.parent.glob(f".{key}.staging-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed deploy; we hold the lock
-        artifacts = artifacts_of(resolved)
-        cached = self.cache.fetch_all(artifacts, reporter)
         staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}.staging-"))
         try:
-            reporter.step(f"installing {len(artifacts)} packages into {final}")
-            archives = {a.filename: cached[a] for a in artifacts if a.kind == "conda"}
-            wheels = [cached[a] for a in artifacts if a.kind == "pypi"]
-            lay_out_prefix(
-                list(resolved.conda_records),
-                archives,
-                wheels,
-                staging=staging,
-                final=final,
-                platform=resolved.platform,
-                python_version=resolved.python_version,
-                cache_dir=self.cache.root / "extracted",
-                environment=resolved.name,
+            lay_out_environment(
+                resolved, self.cache, staging=staging, final=final, reporter=reporter
             )
             metadata = DeploymentMetadata.for_environment(resolved, str(final), "local")
             metadata.write(staging / METADATA_NAME)

@@ -21,8 +21,8 @@ from typing import Any
 import zstandard
 
 from pixi_deploy.errors import StoreError
-from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
-from pixi_deploy.pack.layout import check_environment_path, lay_out_prefix
+from pixi_deploy.pack.fetch import DownloadCache
+from pixi_deploy.pack.layout import check_environment_path, lay_out_environment
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.store import remote_scripts as sh
 from pixi_deploy.store.groups import Plan, plan
@@ -209,20 +209,7 @@ class RemoteStore:
     ) -> _Prepared:
         """Lay the environment out here, for its final path on the cluster, and group it."""
         prefix = tmp / "prefix"
-        artifacts = artifacts_of(resolved)
-        cached = cache.fetch_all(artifacts, reporter)
-        reporter.step(f"laying out {len(artifacts)} packages for {final} ({resolved.platform})")
-        lay_out_prefix(
-            list(resolved.conda_records),
-            {a.filename: cached[a] for a in artifacts if a.kind == "conda"},
-            [cached[a] for a in artifacts if a.kind == "pypi"],
-            staging=prefix,
-            final=Path(final),
-            platform=resolved.platform,
-            python_version=resolved.python_version,
-            cache_dir=cache.root / "extracted",
-            environment=resolved.name,
-        )
+        lay_out_environment(resolved, cache, staging=prefix, final=Path(final), reporter=reporter)
         metadata = DeploymentMetadata.for_environment(resolved, final, self.target)
         metadata.write(prefix / METADATA_NAME)
         return _Prepared(prefix, plan(prefix, final), metadata)
