@@ -9,16 +9,18 @@ but never a half environment at the target path.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import rattler
 import zstandard
@@ -105,6 +107,8 @@ def extract_verified(
     """Stream the pack's members into ``into``, checking each against the metadata."""
     into.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
+    checks: list[tuple[str, Future[str]]] = []
+    hasher = ThreadPoolExecutor(2)  # hash archive n while archive n+1 is copied
     try:
         with _open_stream(pack) as tar:
             metadata = _first_metadata(tar, pack)
@@ -122,20 +126,25 @@ def extract_verified(
                             f"unexpected member '{member.name}' in {pack}", "re-create the pack"
                         )
                     local = into / member.name
-                    digest = _copy_member(tar, member, local, entry.size)
-                    if digest != entry.sha256:
-                        raise PackError(
-                            f"{member.name} in {pack.name} is corrupt (sha256 mismatch)",
-                            "re-create or re-download the pack",
-                        )
+                    checks.append(
+                        (member.name, _copy_member_async(tar, member, local, entry.size, hasher))
+                    )
                     files[member.name] = local
                     advance(entry.size)
+            for name, check in checks:
+                if check.result() != expected[name].sha256:
+                    raise PackError(
+                        f"{name} in {pack.name} is corrupt (sha256 mismatch)",
+                        "re-create or re-download the pack",
+                    )
     except (tarfile.ReadError, EOFError, zstandard.ZstdError) as error:
         raise PackError(
             f"{pack} is truncated or corrupt ({error})", "re-create or re-download the pack"
         ) from error
     except OSError as error:
         raise store_error_from_os(error, into) from error
+    finally:
+        hasher.shutdown(wait=True, cancel_futures=True)
     missing = sorted(set(expected) - set(files))
     if missing or lock_path is None:
         what = missing[0] if missing else LOCK_MEMBER
@@ -166,6 +175,58 @@ def _first_metadata(tar: tarfile.TarFile, pack: Path) -> PackMetadata:
     source = tar.extractfile(member)
     assert source is not None
     return PackMetadata.from_json(source.read())
+
+
+def _copy_member_async(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, size: int, hasher: ThreadPoolExecutor
+) -> Future[str]:
+    """Copy one archive out of the pack; its sha256 is computed by ``hasher`` meanwhile.
+
+    From an uncompressed pack the bytes are copied by the kernel (``copy_file_range``, a reflink
+    on filesystems that have them); from a compressed one they stream through Python and are
+    hashed on the way."""
+    if member.size != size:
+        raise PackError(
+            f"{member.name} has {member.size} bytes, metadata says {size}", "re-create the pack"
+        )
+    source: Any = tar.fileobj
+    if getattr(tar, "_seekable_pack", False) and source is not None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with dest.open("wb") as out:
+            _copy_range(source.fileno(), out.fileno(), member.offset_data, size, member.name)
+        return hasher.submit(_sha256_of, dest)
+    done: Future[str] = Future()
+    done.set_result(_copy_member(tar, member, dest, size))
+    return done
+
+
+def _copy_range(src: int, dst: int, offset: int, size: int, name: str) -> None:
+    copied = 0
+    use_copy_file_range = True
+    while copied < size:
+        try:
+            if use_copy_file_range:
+                n = os.copy_file_range(src, dst, size - copied, offset + copied)
+            else:
+                n = os.sendfile(dst, src, offset + copied, size - copied)
+        except OSError as error:
+            if use_copy_file_range and error.errno in (
+                errno.EXDEV,
+                errno.ENOSYS,
+                errno.EOPNOTSUPP,
+                errno.EINVAL,
+            ):
+                use_copy_file_range = False  # another filesystem (or an old kernel)
+                continue
+            raise
+        if n == 0:
+            raise EOFError(f"{name} ends early")
+        copied += n
+
+
+def _sha256_of(path: Path) -> str:
+    with path.open("rb") as source:
+        return hashlib.file_digest(source, "sha256").hexdigest()
 
 
 def _copy_member(
@@ -200,8 +261,13 @@ def _open_stream(pack: Path) -> Iterator[tarfile.TarFile]:
         if magic == ZSTD_MAGIC:
             stream = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK)
         try:
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tar:
-                yield tar
+            if stream is raw:  # uncompressed: random access, members copied by the kernel
+                with tarfile.open(fileobj=raw, mode="r:") as tar:
+                    tar._seekable_pack = True  # type: ignore[attr-defined]
+                    yield tar
+            else:
+                with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tar:
+                    yield tar
         except tarfile.ReadError as error:
             raise PackError(
                 f"{pack} is not a pixi-deploy pack or is corrupt ({error})",
