@@ -39,7 +39,7 @@ tar -xf - -C "$run"
 """
 
 # States of many jobs in ONE round trip: one squeue for all; then, only for the jobs squeue
-# shows as ended or no longer shows, sacct (if $3 = 1), scontrol, and the jobcomp file ($4) for
+# shows as ended other than COMPLETED or no longer shows, sacct (if $3 = 1), scontrol, and the jobcomp file ($4) for
 # those scontrol forgot. Sections are separated by \035 lines.  $1 = ids (comma-separated),
 # $2 = squeue format, $3 = use sacct (1/0), $4 = jobcomp path or ''
 STATES = r"""
@@ -52,7 +52,10 @@ printf '%s\n\035\n' "$out"
 ended=
 for id in $(printf '%s' "$ids" | tr ',' ' '); do
   mine=$(printf '%s\n' "$out" | grep -E "^${id}(_[^|]*)?\|")
-  if [ -z "$mine" ] || ! printf '%s\n' "$mine" | grep -qvE '\|(COMPLETED|FAILED|OUT_OF_MEMORY|TIMEOUT|NODE_FAIL|CANCELLED|PREEMPTED|BOOT_FAIL|DEADLINE|SPECIAL_EXIT|REVOKED)\|'; then
+  if [ -z "$mine" ]; then ended="$ended $id"; continue; fi
+  # all rows ended, and not all COMPLETED (COMPLETED means exit code 0: nothing to look up)
+  if ! printf '%s\n' "$mine" | grep -qvE '\|(COMPLETED|FAILED|OUT_OF_MEMORY|TIMEOUT|NODE_FAIL|CANCELLED|PREEMPTED|BOOT_FAIL|DEADLINE|SPECIAL_EXIT|REVOKED)\|' \
+     && printf '%s\n' "$mine" | grep -qv '|COMPLETED|'; then
     ended="$ended $id"
   fi
 done
