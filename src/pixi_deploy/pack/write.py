@@ -89,8 +89,7 @@ def write_pack(
                     _write_members(
                         raw, metadata, lock_bytes, artifacts, cached, True, advance, cache
                     )
-            raw.flush()
-            os.fsync(raw.fileno())
+            raw.flush()  # no fsync: like tar and conda-pack; the rename below is what is atomic
         os.replace(partial, output)
     except OSError as error:
         raise PackError(
