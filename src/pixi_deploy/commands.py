@@ -19,7 +19,7 @@ from pixi_deploy.errors import ConfigError
 from pixi_deploy.pack import DownloadCache, read_metadata, unpack, write_pack
 from pixi_deploy.pack.inject import prepare_environment
 from pixi_deploy.render import RichReporter
-from pixi_deploy.store import DeploymentMetadata, LocalStore, run_in_environment
+from pixi_deploy.store import DeploymentMetadata, LocalStore, Store, run_in_environment
 from pixi_deploy.workspace import ResolvedEnvironment, Workspace, load_workspace
 
 CacheDirOpt = Annotated[
@@ -40,7 +40,7 @@ BaseOpt = Annotated[
     Path | None,
     typer.Option(
         "--base",
-        help="Local store folder (default: base in the manifest tool.pixi-deploy table, or $PIXI_DEPLOY_BASE)",
+        help="Store root: a local folder (default: base in the manifest tool.pixi-deploy table, or $PIXI_DEPLOY_BASE); with --target ssh, the path on the cluster (default: $SLURM_DEPLOYMENT_BASE_PATH)",
         show_default=False,
     ),
 ]
@@ -338,18 +338,25 @@ def run(
     raise typer.Exit(code)
 
 
+def _open_store(target: str, base: Path | None) -> Store:
+    """The store `list` and `prune` work on: a local folder, or the cluster's base path."""
+    if target == "local":
+        return LocalStore(_local_base(None, base))
+    if target == "ssh":
+        from pixi_deploy.store.remote import RemoteStore
+        from pixi_deploy.transport import get_transport
+
+        return RemoteStore(get_transport(), str(base) if base else None)
+    raise ConfigError(f"unknown target '{target}'", "use --target local or --target ssh")
+
+
 def list_command(
     target: TargetOpt = "local",
     base: BaseOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """List the environments deployed in a store, newest first."""
-    if target == "ssh":
-        from pixi_deploy.store.remote import remote_store_from_env
-
-        store: Any = remote_store_from_env()
-    else:
-        store = LocalStore(_local_base(None, base))
+    store = _open_store(target, base)
     deployments = store.deployments()
     names = store.names()
     if json_:
@@ -384,13 +391,7 @@ def prune(
     json_: JsonOpt = False,
 ) -> None:
     """Remove old environments; never named ones, nor any a running job is using."""
-    if target == "ssh":
-        from pixi_deploy.store.remote import remote_store_from_env
-
-        store: Any = remote_store_from_env()
-    else:
-        store = LocalStore(_local_base(None, base))
-    removed = store.prune(keep)
+    removed = _open_store(target, base).prune(keep)
     _emit(
         json_,
         {"removed": removed},
