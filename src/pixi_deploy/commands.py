@@ -280,6 +280,7 @@ def deploy(
             cache=cache,
             reporter=_reporter(json_),
             prepare=prepare if needs_prepare else None,
+            base=str(base) if base else None,
         )
     else:
         raise ConfigError(f"unknown target '{target}'", "use --target local or --target ssh")

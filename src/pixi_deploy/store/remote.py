@@ -426,8 +426,10 @@ def deploy_ssh(
     cache: DownloadCache | None = None,
     reporter: Reporter | None = None,
     prepare: Callable[[ResolvedEnvironment], ResolvedEnvironment] | None = None,
+    base: str | None = None,
 ) -> DeploymentMetadata:
-    store = remote_store_from_env()
+    """Deploy with the SLURM_EDGE_NODE_* settings; ``base`` overrides SLURM_DEPLOYMENT_BASE_PATH."""
+    store = RemoteStore(get_transport(), base)
     return store.deploy(
         workspace, environment, platform, name=name, cache=cache, reporter=reporter, prepare=prepare
     )
