@@ -32,7 +32,7 @@ def test_command_in_environment_with_live_output_env_and_secrets(
         command=[
             "sh",
             "-c",
-            "greet; echo \"A=$A\"; printf %s \"$TOKEN\" | sha256sum | cut -c1-16; "
+            'greet; echo "A=$A"; printf %s "$TOKEN" | sha256sum | cut -c1-16; '
             'ls "$PIXI_DEPLOY_RUN_DIR"; echo to-stderr >&2; sleep 1; echo done',
         ],
         environment_path=demo_env,
@@ -104,11 +104,18 @@ def test_out_of_memory(any_client: SlurmClient) -> None:
 
 
 @pytest.mark.slow
-def test_slurm_time_limit_is_timeout(any_client: SlurmClient) -> None:
-    # Slurm enforces limits in whole minutes, checked about every 30 s: this takes ~65 s
-    result = any_client.submit(JobSpec(script="sleep 300", resources=JobResources(time="1"))).wait()
+def test_slurm_time_limit_is_timeout(transport: Transport, base: str) -> None:
+    # Slurm enforces limits in whole minutes, checked about every 30 s: this takes ~65 s, so
+    # one job serves both lookups (sacct, and scontrol as without accounting)
+    with_sacct = SlurmClient(transport, base, use_sacct=True, poll_interval=0.25)
+    without = SlurmClient(transport, base, use_sacct=False, poll_interval=0.25)
+    job = with_sacct.submit(JobSpec(script="sleep 300", resources=JobResources(time="1")))
+    result = job.wait()
     assert result.state == "TIMEOUT"
     assert "hit its time limit (1); raise --time" in result.message()
+    again = without.job(job.id).result()
+    assert (again.state, again.message()) == (result.state, result.message())
+    assert without.status(job.id).source == "scontrol"
 
 
 def test_wait_timeout_counts_running_time_only(client: SlurmClient) -> None:

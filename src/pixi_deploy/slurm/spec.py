@@ -188,7 +188,9 @@ class JobResult:
         return f"{jid} failed with exit code {code}{detail}"
 
     def reason_suffix(self) -> str:
-        return f" ({self.reason})" if self.reason and self.reason != "None" else ""
+        # Slurm's bare reason words repeat the state; only our own explanations add something
+        redundant = ("", "None", "TimeLimit", "OutOfMemory", "NonZeroExitCode")
+        return "" if self.reason in redundant else f" ({self.reason})"
 
     def raise_for_state(self) -> None:
         """Raise SchedulerError (exit code 8) unless the job completed with exit code 0."""
