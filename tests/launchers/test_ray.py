@@ -54,7 +54,7 @@ def test_render_uses_per_job_ports_and_local_dashboard() -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_env(test_cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[SSHSettings, str]:  # type: ignore[no-untyped-def]
+def ray_env(test_cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[SSHSettings, str]:
     c = test_cluster
     settings = SSHSettings(
         host=c.host,

@@ -21,7 +21,7 @@ from pixi_deploy.workspace import load_workspace
 
 
 @pytest.fixture
-def settings(test_cluster) -> SSHSettings:  # type: ignore[no-untyped-def]
+def settings(test_cluster) -> SSHSettings:
     c = test_cluster
     return SSHSettings(
         host=c.host,
@@ -34,7 +34,7 @@ def settings(test_cluster) -> SSHSettings:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def base(test_cluster) -> str:  # type: ignore[no-untyped-def]
+def base(test_cluster) -> str:
     return f"{test_cluster.base_path}/slurm-{uuid.uuid4().hex[:8]}"
 
 
@@ -64,7 +64,7 @@ def demo_env(transport: Transport, base: str, demo_ws: Path, tmp_path: Path) -> 
 
 
 @pytest.fixture
-def drop_connection():  # type: ignore[no-untyped-def]
+def drop_connection():
     """Function that kills the sshd processes of one transport's connection."""
     return _drop_connection
 

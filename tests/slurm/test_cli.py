@@ -19,7 +19,7 @@ def test_submit_follow_status_logs_cancel(
     demo_env: str,
     tmp_path: Path,
     cli,
-    monkeypatch,  # type: ignore[no-untyped-def]
+    monkeypatch,
 ) -> None:
     monkeypatch.setenv("SLURM_DEPLOYMENT_BASE_PATH", base)
     deployment = tmp_path / "deployment_metadata.json"

@@ -247,7 +247,7 @@ def test_many_jobs_share_one_connection_and_one_poller(transport: Transport, bas
     jobs = [client.submit(JobSpec(script=f"echo {i}")) for i in range(8)]
     results: dict[str, str] = {}
 
-    def wait(job) -> None:  # type: ignore[no-untyped-def]
+    def wait(job) -> None:
         results[job.id] = job.wait(timeout=120).stdout_tail.strip()
 
     started = time.monotonic()

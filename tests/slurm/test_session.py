@@ -57,7 +57,7 @@ def test_concurrent_steps_are_limited(client: SlurmClient) -> None:
     assert all(r.ok for r in results)
 
 
-def test_allocation_is_released_after_an_error(client: SlurmClient, transport) -> None:  # type: ignore[no-untyped-def]
+def test_allocation_is_released_after_an_error(client: SlurmClient, transport) -> None:
     holder = None
     with pytest.raises(RuntimeError, match="boom"):
         with SlurmSession(client, JobResources()) as session:
