@@ -201,9 +201,10 @@ def add_pypi_to_lock(
     new.to_path(path)
     if sha256:
         text = path.read_text()
+        packages_section = text.index("\npackages:\n")  # not the environments' references
         for location, digest in sha256.items():
             entry = f"- pypi: {location}\n"
-            start = text.index(entry)
+            start = text.index(entry, packages_section)
             version_line = text.index("\n", text.index("  version:", start)) + 1
             text = text[:version_line] + f"  sha256: {digest}\n" + text[version_line:]
         path.write_text(text)
