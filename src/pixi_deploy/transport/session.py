@@ -8,6 +8,7 @@ default) so that many Dagster threads sharing one connection do not get refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,14 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_status == 0
+
+
+async def close_channel(process: asyncssh.SSHClientProcess[bytes]) -> None:
+    """Close and wait until the server has closed it too: sshd counts a channel against
+    MaxSessions until then, so releasing our slot earlier gets new channels refused."""
+    process.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(process.wait_closed(), 0.5)
 
 
 class _NotStarted(Exception):
@@ -184,7 +193,7 @@ class Session:
                     "the command may or may not have completed; check and retry",
                 ) from exc
             finally:
-                process.close()
+                await close_channel(process)
         status = process.exit_status
         if status is None or (status < 0 and process.exit_signal is None):
             self.drop()
@@ -253,7 +262,7 @@ class Session:
                 "run the command again; completed parts are kept",
             ) from exc
         finally:
-            process.close()
+            await close_channel(process)
             self._channels.release()
         status = process.exit_status
         if status is None or status < 0:

@@ -16,7 +16,7 @@ import asyncssh
 
 from . import quoting
 from .failures import LOST, ConnectionLostError
-from .session import Session, describe
+from .session import Session, close_channel, describe
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ async def pump_lines(
             try:
                 status = await _follow(process, sink, cancel)
             finally:
-                process.close()
+                await close_channel(process)
         sink.put(StreamEnd(status))
     except LOST:
         session.drop()
