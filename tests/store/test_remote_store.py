@@ -98,8 +98,9 @@ def test_noop_redeploy_is_one_round_trip(
         assert t.stats.connections_opened == 1
 
 
+@pytest.mark.parametrize("compress", [None, False], ids=["auto-zstd", "plain-tar"])
 def test_one_package_changed_moves_about_that_package(
-    transport: Transport, base: str, tmp_path: Path
+    transport: Transport, base: str, tmp_path: Path, compress: bool | None
 ) -> None:
     specs = demo_specs(("linux-64",))
     build_channel(tmp_path / "c1", specs)
@@ -118,7 +119,7 @@ def test_one_package_changed_moves_about_that_package(
         {"default": ["greet", "greet-config", "greet-data"]},
         ["linux-64"],
     )
-    store = RemoteStore(transport, base)
+    store = RemoteStore(transport, base, compress=compress)
     cache = DownloadCache(tmp_path / "cache")
     store.deploy(load_workspace(tmp_path / "w1"), cache=cache)
     cold = store.last_transfer

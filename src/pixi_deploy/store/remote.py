@@ -63,8 +63,13 @@ class TransferReport:
 
 
 class RemoteStore:
-    def __init__(self, transport: Transport, base: str | None = None) -> None:
+    def __init__(
+        self, transport: Transport, base: str | None = None, *, compress: bool | None = None
+    ) -> None:
+        """``compress``: zstd on the wire; None = when the cluster has `zstd` (fast links may
+        prefer False: compression costs CPU on both ends)."""
         self.transport = transport
+        self.compress = compress
         chosen = base or transport.base_path
         if not chosen:
             raise StoreError(
@@ -223,7 +228,8 @@ class RemoteStore:
         missing = set(listed.split())
         sending = [g for g in prepared.plan.groups if g.key in missing]
         total = sum(g.size for g in sending) + prepared.plan.env.size
-        compression = "zstd" if self._remote_zstd else "none"
+        use_zstd = self._remote_zstd if self.compress is None else self.compress
+        compression = "zstd" if use_zstd else "none"
         reporter.step(
             f"sending {len(sending)} of {len(keys)} package groups + environment files "
             f"({total / 1e6:.1f} MB{', zstd' if compression == 'zstd' else ''})"
