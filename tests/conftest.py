@@ -186,3 +186,20 @@ def ssh_env(test_cluster: ClusterSettings, monkeypatch: pytest.MonkeyPatch) -> C
     monkeypatch.setenv("SLURM_DEPLOYMENT_BASE_PATH", c.base_path)
     monkeypatch.delenv("SLURM_EDGE_NODE_PASSWORD", raising=False)
     return c
+
+
+@pytest.fixture
+def ssh_settings(test_cluster: ClusterSettings):  # type: ignore[no-untyped-def]
+    """SSHSettings for the test cluster: key auth, its known_hosts, no ~/.ssh/config."""
+    from pixi_deploy.transport import SSHSettings
+
+    c = test_cluster
+    return SSHSettings(
+        host=c.host,
+        port=c.port,
+        user=c.user,
+        key_path=c.key_path,
+        known_hosts=c.known_hosts,
+        base_path=c.base_path,
+        ssh_config=None,
+    )

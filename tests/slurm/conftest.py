@@ -21,16 +21,8 @@ from pixi_deploy.workspace import load_workspace
 
 
 @pytest.fixture
-def settings(test_cluster) -> SSHSettings:
-    c = test_cluster
-    return SSHSettings(
-        host=c.host,
-        port=c.port,
-        user=c.user,
-        key_path=c.key_path,
-        known_hosts=c.known_hosts,
-        ssh_config=None,
-    )
+def settings(ssh_settings) -> SSHSettings:
+    return ssh_settings
 
 
 @pytest.fixture

@@ -27,16 +27,8 @@ CLI = "import sys; from pixi_deploy.cli import main; sys.exit(main(sys.argv[1:])
 
 
 @pytest.fixture
-def settings(test_cluster) -> SSHSettings:
-    c = test_cluster
-    return SSHSettings(
-        host=c.host,
-        port=c.port,
-        user=c.user,
-        key_path=c.key_path,
-        known_hosts=c.known_hosts,
-        ssh_config=None,
-    )
+def settings(ssh_settings) -> SSHSettings:
+    return ssh_settings
 
 
 @pytest.fixture

@@ -24,18 +24,8 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def key_settings(test_cluster) -> SSHSettings:  # type: ignore[no-untyped-def]
-    c = test_cluster
-    return SSHSettings(
-        host=c.host,
-        port=c.port,
-        user=c.user,
-        key_path=c.key_path,
-        known_hosts=c.known_hosts,
-        base_path=c.base_path,
-        ssh_config=None,
-        connect_timeout=10,
-    )
+def key_settings(ssh_settings) -> SSHSettings:  # type: ignore[no-untyped-def]
+    return ssh_settings.with_changes(connect_timeout=10)
 
 
 @pytest.fixture
