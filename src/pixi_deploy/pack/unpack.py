@@ -43,14 +43,7 @@ class UnpackResult:
 def read_metadata(pack: Path) -> PackMetadata:
     """Only the metadata (the first member): cheap, for `inspect`-like questions about a pack."""
     with _open_stream(pack) as tar:
-        member = tar.next()
-        if member is None or member.name != METADATA_NAME:
-            raise PackError(
-                f"{pack} is not a pixi-deploy pack", "pass a file written by `pixi-deploy pack`"
-            )
-        source = tar.extractfile(member)
-        assert source is not None
-        return PackMetadata.from_json(source.read())
+        return _first_metadata(tar, pack)
 
 
 def unpack(pack: Path, target: Path, *, reporter: Reporter | None = None) -> UnpackResult:
