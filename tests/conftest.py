@@ -191,15 +191,6 @@ def ssh_env(test_cluster: ClusterSettings, monkeypatch: pytest.MonkeyPatch) -> C
 @pytest.fixture
 def ssh_settings(test_cluster: ClusterSettings):  # type: ignore[no-untyped-def]
     """SSHSettings for the test cluster: key auth, its known_hosts, no ~/.ssh/config."""
-    from pixi_deploy.transport import SSHSettings
+    from helpers.cluster import ssh_settings_for
 
-    c = test_cluster
-    return SSHSettings(
-        host=c.host,
-        port=c.port,
-        user=c.user,
-        key_path=c.key_path,
-        known_hosts=c.known_hosts,
-        base_path=c.base_path,
-        ssh_config=None,
-    )
+    return ssh_settings_for(test_cluster)

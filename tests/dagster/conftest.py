@@ -22,10 +22,11 @@ from pathlib import Path
 import dagster_pipes
 import pytest
 
+from helpers.cluster import ssh_settings_for
 from pixi_deploy.dagster import SlurmQueueConfig, SlurmResource, SSHConnectionResource
 from pixi_deploy.testing.channel import PackageSpec, build_channel, lock_workspace
 from pixi_deploy.testing.python_pkg import python_wrapper_spec
-from pixi_deploy.transport import SSHSettings, Transport
+from pixi_deploy.transport import Transport
 
 REMOTE_PYTHON = "/usr/bin/python3"
 
@@ -109,14 +110,5 @@ def shared_base(test_cluster) -> str:
 
 @pytest.fixture(scope="session")
 def cluster_transport(test_cluster):
-    c = test_cluster
-    settings = SSHSettings(
-        host=c.host,
-        port=c.port,
-        user=c.user,
-        key_path=c.key_path,
-        known_hosts=c.known_hosts,
-        ssh_config=None,
-    )
-    with Transport(settings) as transport:
+    with Transport(ssh_settings_for(test_cluster)) as transport:
         yield transport

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from helpers.cluster import ssh_settings_for
 from pixi_deploy.launchers import BashLauncher, RayLauncher
 from pixi_deploy.pack import DownloadCache
 from pixi_deploy.slurm import JobResources, JobResult, JobSpec, SlurmClient
@@ -56,14 +57,7 @@ def test_render_uses_per_job_ports_and_local_dashboard() -> None:
 @pytest.fixture(scope="module")
 def ray_env(test_cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[SSHSettings, str]:
     c = test_cluster
-    settings = SSHSettings(
-        host=c.host,
-        port=c.port,
-        user=c.user,
-        key_path=c.key_path,
-        known_hosts=c.known_hosts,
-        ssh_config=None,
-    )
+    settings = ssh_settings_for(c)
     base = f"{c.base_path}/ray-{uuid.uuid4().hex[:8]}"
     workspace = make_ray_workspace(tmp_path_factory.mktemp("ray"))
     with Transport(settings) as transport:
