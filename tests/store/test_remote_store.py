@@ -90,10 +90,22 @@ def test_noop_redeploy_is_one_round_trip(
         assert t.stats.connections_opened == 1
 
 
-@pytest.mark.parametrize("compress", [None, False], ids=["auto-zstd", "plain-tar"])
+@pytest.mark.parametrize(
+    ("compress", "gnu_tar"),
+    [(None, True), (False, True), (None, False)],
+    ids=["zstd-gnu-tar", "plain-gnu-tar", "zstd-python-tar"],
+)
 def test_one_package_changed_moves_about_that_package(
-    transport: Transport, base: str, tmp_path: Path, compress: bool | None
+    transport: Transport,
+    base: str,
+    tmp_path: Path,
+    compress: bool | None,
+    gnu_tar: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import pixi_deploy.store.bundle as bundle
+
+    monkeypatch.setattr(bundle, "_gnu_tar", lambda: gnu_tar)
     specs = demo_specs(("linux-64",))
     build_channel(tmp_path / "c1", specs)
     lock_workspace(

@@ -13,22 +13,19 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import zstandard
 
 from pixi_deploy.errors import StoreError
 from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import check_environment_path, lay_out_environment
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.store import remote_scripts as sh
+from pixi_deploy.store.bundle import stream_bundle
 from pixi_deploy.store.groups import Plan, plan
 from pixi_deploy.store.layout import StoreLayout, check_name
 from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
-from pixi_deploy.tarwriter import TarWriter
 from pixi_deploy.transport import (
     CommandResult,
     ConnectionLostError,
@@ -42,10 +39,6 @@ from pixi_deploy.transport.connection import _PLATFORMS
 from pixi_deploy.workspace import ResolvedEnvironment, Workspace
 
 MAX_ATTEMPTS = 4
-STREAM_CHUNK = 1 << 20
-# level 1: ~2.5x the speed of level 3 here for ~6% less compression; on the wire the CPU,
-# not the bytes, is what a deploy waits for
-WIRE_ZSTD_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -241,7 +234,9 @@ class RemoteStore:
         with reporter.task("upload", total) as advance:
             result = self.transport.pipe(
                 ["sh", "-c", sh.RECEIVE, "sh", self.base, key, compression],
-                lambda write: _stream_bundle(write, prepared, missing, compression, advance),
+                lambda write: stream_bundle(
+                    write, prepared.prefix, prepared.plan, missing, compression, advance
+                ),
             )
         if result.exit_status != 0:
             detail = result.stderr.strip().splitlines()[-1:] or [
@@ -310,80 +305,6 @@ def _remove_in_background(path: Path) -> None:
     """Deleting thousands of staged files takes seconds on some filesystems; the result is
     ready before that, so let a (non-daemon) thread do it while the caller goes on."""
     threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}).start()
-
-
-class _ChunkedWriter:
-    """File-like adapter: buffers small writes into ~1 MB chunks for the SSH channel."""
-
-    def __init__(self, send: Callable[[bytes], None]) -> None:
-        self._send = send
-        self._buffer = bytearray()
-
-    def write(self, data: bytes) -> int:
-        self._buffer += data
-        if len(self._buffer) >= STREAM_CHUNK:
-            self.flush()
-        return len(data)
-
-    def flush(self) -> None:
-        if self._buffer:
-            self._send(bytes(self._buffer))
-            self._buffer.clear()
-
-
-def _stream_bundle(
-    send: Callable[[bytes], None],
-    prepared: _Prepared,
-    missing: set[str],
-    compression: str,
-    advance: Callable[[int], None],
-) -> None:
-    """The tar stream: each missing group under groups/<key>/ followed by its marker file
-    groups/<key>.done, then the environment part under env/."""
-    sink = _ChunkedWriter(send)
-    out: Any = sink
-    compressor = None
-    if compression == "zstd":
-        raw: Any = sink  # zstandard only needs an object with write()
-        compressor = zstandard.ZstdCompressor(level=WIRE_ZSTD_LEVEL, threads=-1).stream_writer(
-            raw, closefd=False
-        )
-        out = compressor
-    tar = TarWriter(out, use_sendfile=False)
-    prefix = prepared.prefix
-    for group in prepared.plan.groups:
-        if group.key not in missing:
-            continue
-        tar.add_dir(f"groups/{group.key}")
-        for directory in _parents(f.rel for f in group.files):
-            tar.add_dir(f"groups/{group.key}/{directory}")
-        for file in group.files:
-            tar.add_file(f"groups/{group.key}/{file.rel}", prefix / file.rel, file.size, file.mode)
-            advance(file.size)
-        tar.add_bytes(f"groups/{group.key}.done", b"")
-    env = prepared.plan.env
-    tar.add_dir("env")
-    for directory in env.dirs:
-        tar.add_dir(f"env/{directory}")
-    for file in env.files:
-        tar.add_file(f"env/{file.rel}", prefix / file.rel, file.size, file.mode)
-        advance(file.size)
-    for rel, target in env.symlinks.items():
-        tar.add_symlink(f"env/{rel}", target)
-    tar.close()
-    if compressor is not None:
-        compressor.flush(zstandard.FLUSH_FRAME)
-    sink.flush()
-
-
-def _parents(paths: Iterable[str]) -> list[str]:
-    dirs: set[str] = set()
-    for rel in paths:
-        parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
-        while parent and parent not in dirs:
-            dirs.add(parent)
-            parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
-    return sorted(dirs)
 
 
 def _first_line(lines: LineStream, base: str) -> str:
