@@ -27,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts show [defaults] and paths literally; no markup
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     _register_all()
     _install_signal_handlers()
     try:
-        result = app(args=argv, standalone_mode=False)
+        result = app(args=argv, prog_name="pixi-deploy", standalone_mode=False)
         if isinstance(result, int):
             return result
     except PixiDeployError as error:
