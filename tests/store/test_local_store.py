@@ -86,17 +86,7 @@ def test_git_commit_and_dirty_flag(
 
 def test_run_returns_exit_code_and_output(demo_ws: Path, tmp_path: Path) -> None:
     base = tmp_path / "store"
-    argv = [
-        sys.executable,
-        "-c",
-        DEPLOY,
-        "run",
-        "--manifest-path",
-        str(demo_ws),
-        "--base",
-        str(base),
-        "--",
-    ]
+    argv = _cli_argv("run", "--", demo_ws=demo_ws, base=base)
     ok = subprocess.run([*argv, "greet"], capture_output=True, text=True, env=_env(tmp_path))
     assert ok.returncode == 0, ok.stderr
     assert f"hello from greet 1.0.0 at {base}/envs/" in ok.stdout
@@ -152,17 +142,7 @@ def test_named_deployments_list_and_prune(
 
 def test_prune_spares_environment_in_use(demo_ws: Path, tmp_path: Path) -> None:
     base = tmp_path / "store"
-    argv = [
-        sys.executable,
-        "-c",
-        DEPLOY,
-        "run",
-        "--manifest-path",
-        str(demo_ws),
-        "--base",
-        str(base),
-        "--",
-    ]
+    argv = _cli_argv("run", "--", demo_ws=demo_ws, base=base)
     running = subprocess.Popen(
         [*argv, "sh", "-c", "touch started; sleep 5"], cwd=tmp_path, env=_env(tmp_path)
     )
@@ -183,17 +163,7 @@ def test_prune_spares_environment_in_use(demo_ws: Path, tmp_path: Path) -> None:
 
 def test_concurrent_deploys_do_the_work_once(demo_ws: Path, tmp_path: Path) -> None:
     base = tmp_path / "store"
-    argv = [
-        sys.executable,
-        "-c",
-        DEPLOY,
-        "deploy",
-        "--manifest-path",
-        str(demo_ws),
-        "--base",
-        str(base),
-        "--json",
-    ]
+    argv = _cli_argv("deploy", "--json", demo_ws=demo_ws, base=base)
     procs = [
         subprocess.Popen(
             [*argv, "--metadata-out", str(tmp_path / f"m{i}.json")],
@@ -214,16 +184,7 @@ def test_kill_9_during_deploy_never_leaves_half_environment(demo_ws: Path, tmp_p
     rng = random.Random(7)
     base = tmp_path / "store"
     key = load_workspace(demo_ws).resolve().short_hash
-    argv = [
-        sys.executable,
-        "-c",
-        DEPLOY,
-        "deploy",
-        "--manifest-path",
-        str(demo_ws),
-        "--base",
-        str(base),
-    ]
+    argv = _cli_argv("deploy", demo_ws=demo_ws, base=base)
     for attempt in range(6):
         shutil.rmtree(base, ignore_errors=True)
         proc = subprocess.Popen(
@@ -271,6 +232,22 @@ def test_deployment_metadata_rejects_garbage(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(Exception, match="not valid deployment metadata"):
         DeploymentMetadata.read(bad)
+
+
+def _cli_argv(*args: str, demo_ws: Path, base: Path) -> list[str]:
+    """`pixi-deploy ARGS --manifest-path WS --base BASE` run in a fresh interpreter."""
+    command, *rest = args
+    return [
+        sys.executable,
+        "-c",
+        DEPLOY,
+        command,
+        "--manifest-path",
+        str(demo_ws),
+        "--base",
+        str(base),
+        *rest,
+    ]
 
 
 def _env(tmp_path: Path, cache: str = "cache") -> dict[str, str]:

@@ -42,7 +42,7 @@ class UnpackResult:
 
 def read_metadata(pack: Path) -> PackMetadata:
     """Only the metadata (the first member): cheap, for `inspect`-like questions about a pack."""
-    with _open_stream(pack) as tar:
+    with _open_stream(pack) as (tar, _):
         return _first_metadata(tar, pack)
 
 
@@ -103,7 +103,7 @@ def extract_verified(
     checks: list[tuple[str, Future[str]]] = []
     hasher = ThreadPoolExecutor(2)  # hash archive n while archive n+1 is copied
     try:
-        with _open_stream(pack) as tar:
+        with _open_stream(pack) as (tar, seekable):
             metadata = _first_metadata(tar, pack)
             expected = {f.path: f for f in metadata.files}
             lock_path: Path | None = None
@@ -120,7 +120,10 @@ def extract_verified(
                         )
                     local = into / member.name
                     checks.append(
-                        (member.name, _copy_member_async(tar, member, local, entry.size, hasher))
+                        (
+                            member.name,
+                            _copy_member_async(tar, member, local, entry.size, hasher, seekable),
+                        )
                     )
                     files[member.name] = local
                     advance(entry.size)
@@ -171,7 +174,12 @@ def _first_metadata(tar: tarfile.TarFile, pack: Path) -> PackMetadata:
 
 
 def _copy_member_async(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, size: int, hasher: ThreadPoolExecutor
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    dest: Path,
+    size: int,
+    hasher: ThreadPoolExecutor,
+    seekable: bool,
 ) -> Future[str]:
     """Copy one archive out of the pack; its sha256 is computed by ``hasher`` meanwhile.
 
@@ -183,7 +191,7 @@ def _copy_member_async(
             f"{member.name} has {member.size} bytes, metadata says {size}", "re-create the pack"
         )
     source: Any = tar.fileobj
-    if getattr(tar, "_seekable_pack", False) and source is not None:
+    if seekable and source is not None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with dest.open("wb") as out:
             _copy_range(source.fileno(), out.fileno(), member.offset_data, size, member.name)
@@ -246,7 +254,8 @@ def _copy_member(
 
 
 @contextmanager
-def _open_stream(pack: Path) -> Iterator[tarfile.TarFile]:
+def _open_stream(pack: Path) -> Iterator[tuple[tarfile.TarFile, bool]]:
+    """The pack as a tar, and whether it is uncompressed (random access, kernel copies)."""
     with pack.open("rb") as raw:
         magic = raw.read(4)
         raw.seek(0)
@@ -256,11 +265,10 @@ def _open_stream(pack: Path) -> Iterator[tarfile.TarFile]:
         try:
             if stream is raw:  # uncompressed: random access, members copied by the kernel
                 with tarfile.open(fileobj=raw, mode="r:") as tar:
-                    tar._seekable_pack = True  # type: ignore[attr-defined]
-                    yield tar
+                    yield tar, True
             else:
                 with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tar:
-                    yield tar
+                    yield tar, False
         except tarfile.ReadError as error:
             raise PackError(
                 f"{pack} is not a pixi-deploy pack or is corrupt ({error})",
