@@ -50,6 +50,7 @@ from pixi_deploy.containers.oci_output import (
 from pixi_deploy.containers.reference import Reference, find_credentials, parse_reference
 from pixi_deploy.containers.registry import PushResult, push_image
 from pixi_deploy.errors import ContainerError
+from pixi_deploy.pack.direct import ArchiveSlice
 from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
 from pixi_deploy.pack.layout import lay_out_prefix
 from pixi_deploy.pack.unpack import extract_verified, records_from_lock
@@ -187,9 +188,9 @@ def build_image_from_pack(
             workspace=metadata.workspace,
             python_version=metadata.python_version,
             records=records_from_lock(lock_path, metadata),
-            archives={Path(p).name: f for p, f in files.items() if p.startswith("conda/")},
+            archives={Path(p).name: _copied(f) for p, f in files.items() if p.startswith("conda/")},
             sha256={Path(f.path).name: f.sha256 for f in metadata.files},
-            wheels=[files[f.path] for f in metadata.files if f.kind == "pypi"],
+            wheels=[_copied(files[f.path]) for f in metadata.files if f.kind == "pypi"],
         )
         return _build(source, options, cache, reporter)
 
@@ -225,6 +226,11 @@ def _work(cache: DownloadCache) -> Iterator[Path]:
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix="build-") as tmp:
         yield Path(tmp)
+
+
+def _copied(archive: Path | ArchiveSlice) -> Path:
+    assert isinstance(archive, Path)  # extract_verified copies every member unless told not to
+    return archive
 
 
 def _build(

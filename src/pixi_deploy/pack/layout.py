@@ -16,7 +16,7 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import rattler
@@ -25,6 +25,7 @@ from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 
 from pixi_deploy.errors import PackError, StoreError, store_error_from_os
+from pixi_deploy.pack.direct import Archive, ArchiveSlice, install_direct
 from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
 from pixi_deploy.progress import Reporter
 from pixi_deploy.workspace import ResolvedEnvironment
@@ -80,7 +81,7 @@ def check_environment_path(path: str | Path) -> str:
 
 def lay_out_prefix(
     records: Sequence[rattler.RepoDataRecord],
-    archives: dict[str, Path],
+    archives: Mapping[str, Archive],
     wheels: Sequence[Path],
     *,
     staging: Path,
@@ -89,10 +90,13 @@ def lay_out_prefix(
     python_version: str | None,
     cache_dir: Path,
     environment: str = "default",
+    direct: bool = False,
 ) -> None:
     """Install into ``staging`` an environment meant to live at ``final``.
 
     ``archives`` maps each record's file name to a verified local archive; nothing is downloaded.
+    ``direct`` writes what it can straight into the prefix (`pack.direct`): right when nothing
+    keeps ``cache_dir`` afterwards; with a warm, kept cache rattler's hard links are cheaper.
     """
     check_environment_path(final)
     missing = [r.file_name for r in records if r.file_name not in archives]
@@ -101,9 +105,14 @@ def lay_out_prefix(
     original_urls = [r.url for r in records]
     staging.mkdir(parents=True, exist_ok=True)
     try:
-        for record in records:  # rattler installs from these verified local files, not the web
-            record.url = archives[record.file_name].resolve().as_uri()
-        if records:
+        left = (
+            install_direct(records, archives, staging=staging, final=final)
+            if direct and records
+            else records
+        )
+        for record in left:  # rattler installs from these verified local files, not the web
+            record.url = _local_file(archives[record.file_name], cache_dir).resolve().as_uri()
+        if left:  # rattler finds the directly installed ones in conda-meta and leaves them be
             asyncio.run(_install(list(records), staging, final, platform, cache_dir))
     except OSError:
         raise
@@ -119,6 +128,10 @@ def lay_out_prefix(
     # restic, `tar --exclude-caches`) would then skip a deployed environment entirely.
     (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
     write_activate_script(staging, final, environment, platform)
+
+
+def _local_file(archive: Archive, cache_dir: Path) -> Path:
+    return archive.copy_to(cache_dir / "archives") if isinstance(archive, ArchiveSlice) else archive
 
 
 async def _install(

@@ -26,6 +26,7 @@ import rattler
 import zstandard
 
 from pixi_deploy.errors import PackError, StoreError, store_error_from_os
+from pixi_deploy.pack.direct import Archive, ArchiveSlice, open_archive
 from pixi_deploy.pack.format import LOCK_MEMBER, METADATA_NAME, ZSTD_MAGIC, PackMetadata
 from pixi_deploy.pack.layout import check_environment_path, lay_out_prefix
 from pixi_deploy.progress import NullReporter, Reporter
@@ -53,7 +54,7 @@ def unpack(pack: Path, target: Path, *, reporter: Reporter | None = None) -> Unp
         raise PackError(f"pack {pack} does not exist", "check the path")
     _check_target(target)
     with work_folder(target) as work:
-        metadata, lock_path, files = extract_verified(pack, work / "pkgs", reporter)
+        metadata, lock_path, files = extract_verified(pack, work / "pkgs", reporter, in_place=True)
         records = records_from_lock(lock_path, metadata)
         reporter.step(
             f"installing {len(records)} conda packages and "
@@ -69,7 +70,7 @@ def unpack(pack: Path, target: Path, *, reporter: Reporter | None = None) -> Unp
 def _lay_out(
     metadata: PackMetadata,
     records: list[rattler.RepoDataRecord],
-    files: dict[str, Path],
+    files: dict[str, Archive],
     staging: Path,
     target: Path,
     cache_dir: Path,
@@ -78,28 +79,33 @@ def _lay_out(
         Path(path).name: local for path, local in files.items() if path.startswith("conda/")
     }
     wheels = [files[f.path] for f in metadata.files if f.kind == "pypi"]
+    assert all(isinstance(w, Path) for w in wheels)  # wheels are always copied out
     try:
         lay_out_prefix(
             records,
             archives,
-            wheels,
+            wheels,  # type: ignore[arg-type]
             staging=staging,
             final=target,
             platform=metadata.platform,
             python_version=metadata.python_version,
             cache_dir=cache_dir,
             environment=metadata.environment,
+            direct=True,
         )
     except OSError as error:
         raise store_error_from_os(error, target) from error
 
 
 def extract_verified(
-    pack: Path, into: Path, reporter: Reporter
-) -> tuple[PackMetadata, Path, dict[str, Path]]:
-    """Stream the pack's members into ``into``, checking each against the metadata."""
+    pack: Path, into: Path, reporter: Reporter, *, in_place: bool = False
+) -> tuple[PackMetadata, Path, dict[str, Archive]]:
+    """Stream the pack's members into ``into``, checking each against the metadata.
+
+    With ``in_place``, an uncompressed pack's conda archives are not copied at all: they are
+    hashed, and later read, where they are (`ArchiveSlice`)."""
     into.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
+    files: dict[str, Archive] = {}
     checks: list[tuple[str, Future[str]]] = []
     hasher = ThreadPoolExecutor(2)  # hash archive n while archive n+1 is copied
     try:
@@ -118,14 +124,14 @@ def extract_verified(
                         raise PackError(
                             f"unexpected member '{member.name}' in {pack}", "re-create the pack"
                         )
-                    local = into / member.name
-                    checks.append(
-                        (
-                            member.name,
-                            _copy_member_async(tar, member, local, entry.size, hasher, seekable),
-                        )
-                    )
-                    files[member.name] = local
+                    if in_place and seekable and entry.kind == "conda":
+                        files[member.name] = archive = _slice_of(pack, member, entry.size)
+                        checks.append((member.name, hasher.submit(_sha256_of, archive)))
+                    else:
+                        local = into / member.name
+                        job = _copy_member_async(tar, member, local, entry.size, hasher, seekable)
+                        checks.append((member.name, job))
+                        files[member.name] = local
                     advance(entry.size)
             for name, check in checks:
                 if check.result() != expected[name].sha256:
@@ -225,9 +231,17 @@ def _copy_range(src: int, dst: int, offset: int, size: int, name: str) -> None:
         copied += n
 
 
-def _sha256_of(path: Path) -> str:
-    with path.open("rb") as source:
-        return hashlib.file_digest(source, "sha256").hexdigest()
+def _slice_of(pack: Path, member: tarfile.TarInfo, size: int) -> ArchiveSlice:
+    if member.size != size:
+        raise PackError(
+            f"{member.name} has {member.size} bytes, metadata says {size}", "re-create the pack"
+        )
+    return ArchiveSlice(pack, member.offset_data, size, Path(member.name).name)
+
+
+def _sha256_of(archive: Archive) -> str:
+    with open_archive(archive) as source:
+        return hashlib.file_digest(source, "sha256").hexdigest()  # type: ignore[arg-type]
 
 
 def _copy_member(

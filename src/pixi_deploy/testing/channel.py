@@ -95,7 +95,10 @@ class PackageSpec:
     patched at install time: ``"text"`` files must contain :data:`TEXT_PLACEHOLDER`, ``"binary"``
     files :data:`BINARY_PLACEHOLDER` (null-terminated, as C strings in a real binary are).
     ``activate`` / ``deactivate`` map a script name to the body of
-    ``etc/conda/(de)activate.d/<name>.sh``.
+    ``etc/conda/(de)activate.d/<name>.sh``. ``symlinks`` maps a path to a relative link target
+    (``lib/libx.so -> libx.so.1``, as real shared-library packages have). A ``noarch="python"``
+    package keeps its files under ``site-packages/`` and ``python-scripts/``, which the
+    installer moves to the environment's ``lib/pythonX.Y/site-packages`` and ``bin``.
     """
 
     name: str
@@ -105,13 +108,14 @@ class PackageSpec:
     depends: list[str] = field(default_factory=list)
     constrains: list[str] = field(default_factory=list)
     subdir: str = "linux-64"
-    noarch: Literal["generic"] | None = None
+    noarch: Literal["generic", "python"] | None = None
     files: dict[str, FileContent] = field(default_factory=dict)
     prefix_files: dict[str, FileMode] = field(default_factory=dict)
     executables: frozenset[str] = frozenset()
     activate: dict[str, str] = field(default_factory=dict)
     deactivate: dict[str, str] = field(default_factory=dict)
     archive_format: ArchiveFormat = ".conda"
+    symlinks: dict[str, str] = field(default_factory=dict)
 
     @property
     def stem(self) -> str:
@@ -140,6 +144,7 @@ class _Member:
     path: str
     data: bytes
     executable: bool = False
+    link: str | None = None  # a symlink to this (relative) target
 
 
 def build_package(spec: PackageSpec, out_dir: Path) -> Path:
@@ -183,7 +188,9 @@ def _render_payload(spec: PackageSpec) -> list[_Member]:
         else:
             data = content.encode() if isinstance(content, str) else bytes(content)
         members.append(_Member(path, data, path in spec.executables))
-    return members
+    for path, target in sorted(spec.symlinks.items()):
+        members.append(_Member(path, b"", link=target))
+    return sorted(members, key=lambda m: m.path)
 
 
 def _info_members(spec: PackageSpec, payload: list[_Member]) -> list[_Member]:
@@ -227,7 +234,7 @@ def _index_json(spec: PackageSpec) -> dict[str, object]:
 def _paths_entry(spec: PackageSpec, member: _Member) -> dict[str, object]:
     entry: dict[str, object] = {
         "_path": member.path,
-        "path_type": "hardlink",
+        "path_type": "hardlink" if member.link is None else "softlink",
         "sha256": hashlib.sha256(member.data).hexdigest(),
         "size_in_bytes": len(member.data),
     }
@@ -249,6 +256,8 @@ def _write_tar(fileobj: BinaryIO, members: Iterable[_Member]) -> None:
             info = tarfile.TarInfo(m.path)
             info.size, info.mtime = len(m.data), FIXED_EPOCH
             info.mode = 0o755 if m.executable else 0o644
+            if m.link is not None:
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, m.link, 0o777
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(m.data))

@@ -1,0 +1,419 @@
+"""Install ``.conda`` archives straight into a prefix, each file written once.
+
+Why not always ``rattler.install``: rattler extracts every archive into a package cache and then
+hard-links the files into the prefix. That is the right design for a machine that keeps its cache
+(pixi, and our own deploys, which reuse the download cache's extraction), but ``unpack`` runs once
+on a machine with no cache: there it creates every file twice over (cache, then link), then has to
+delete the cache again, which made unpack 2.2x ``tar -x`` of the same tree.
+
+So for the common case, a ``.conda`` package that is not ``noarch: python``, this module streams
+the payload tar straight into the prefix (through GNU tar when there is one; ``tarfile`` when not),
+patches the files that carry a prefix placeholder, and writes ``conda-meta/<pkg>.json`` as rattler
+would. Everything else (``.tar.bz2``, ``noarch: python`` with its site-packages remapping and entry
+points, packages whose paths overlap another's, shebangs that would outgrow the kernel's limit) is
+handed back to the caller for ``rattler.install``, which sees the packages installed here as
+already present. The archives must already be verified against the lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+import zipfile
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+import rattler
+import zstandard
+
+from pixi_deploy.errors import PackError
+
+#: Linux refuses to exec a script whose ``#!`` line is longer than this.
+MAX_SHEBANG = 127
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ArchiveSlice:
+    """An archive read in place from inside an uncompressed pack: no copy on the way in."""
+
+    pack: Path
+    offset: int
+    size: int
+    name: str
+
+    def open(self) -> BinaryIO:
+        return io.BufferedReader(_Slice(self.pack, self.offset, self.size), _CHUNK)
+
+    def copy_to(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / self.name
+        with self.open() as source, dest.open("wb") as out:
+            shutil.copyfileobj(source, out, _CHUNK)
+        return dest
+
+
+Archive = Path | ArchiveSlice
+
+
+class _Slice(io.RawIOBase):
+    """``size`` bytes at ``offset`` of a file, seekable, read with ``pread``."""
+
+    def __init__(self, path: Path, offset: int, size: int) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._offset, self._size, self._pos = offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self._size - self._pos)
+        if want <= 0:
+            return 0
+        data = os.pread(self._fd, want, self._offset + self._pos)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def open_archive(archive: Archive) -> BinaryIO:
+    return archive.open() if isinstance(archive, ArchiveSlice) else archive.open("rb")
+
+
+def archive_size(archive: Archive) -> int:
+    return archive.size if isinstance(archive, ArchiveSlice) else archive.stat().st_size
+
+
+@dataclass
+class _Package:
+    record: rattler.RepoDataRecord
+    archive: Archive
+    payload_member: str
+    paths: list[dict[str, Any]]
+
+
+def install_direct(
+    records: Sequence[rattler.RepoDataRecord],
+    archives: Mapping[str, Archive],
+    *,
+    staging: Path,
+    final: Path,
+    workers: int = 2,
+) -> list[rattler.RepoDataRecord]:
+    """Install into ``staging`` (made for ``final``) what can be installed directly.
+
+    Returns the records left for rattler, in their original order.
+    """
+    direct: list[_Package] = []
+    left: list[rattler.RepoDataRecord] = []
+    for record in records:
+        package = _read_package(record, archives[record.file_name])
+        (direct if package is not None else left).append(package or record)  # type: ignore[arg-type]
+    if _overlapping(direct):
+        return list(records)  # rattler's clobber rules decide; not worth copying for a rare case
+    if not direct:
+        return left
+    staging.mkdir(parents=True, exist_ok=True)
+    _extract_all(direct, staging, workers)
+    prefix = str(final).encode()
+    meta = staging / "conda-meta"
+    meta.mkdir(exist_ok=True)
+    (meta / "history").touch()
+    for package in direct:
+        try:
+            entries = [_link_entry(staging, entry, prefix) for entry in package.paths]
+        except _LongShebang:
+            _remove_files(staging, package)  # rattler rewrites such shebangs; let it do this one
+            left.append(package.record)
+            continue
+        _write_prefix_record(meta, package, entries)
+    order = {id(record): i for i, record in enumerate(records)}
+    return sorted(left, key=lambda record: order[id(record)])
+
+
+def _remove_files(staging: Path, package: _Package) -> None:
+    for entry in package.paths:
+        path = staging / entry["_path"]
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+
+
+def _read_package(record: rattler.RepoDataRecord, archive: Archive) -> _Package | None:
+    """The package's paths.json, or None when it must go through rattler."""
+    if not archive.name.endswith(".conda"):
+        return None
+    with open_archive(archive) as source, zipfile.ZipFile(source) as zf:
+        names = zf.namelist()
+        info = next((n for n in names if n.startswith("info-") and n.endswith(".tar.zst")), None)
+        payload = next((n for n in names if n.startswith("pkg-") and n.endswith(".tar.zst")), None)
+        if info is None or payload is None:
+            return None
+        with zf.open(info) as raw:
+            info_files = _small_members(raw, {"info/paths.json", "info/index.json"})
+    if "info/paths.json" not in info_files or "info/index.json" not in info_files:
+        return None
+    index = json.loads(info_files["info/index.json"])
+    if index.get("noarch") == "python":
+        return None
+    paths = json.loads(info_files["info/paths.json"]).get("paths")
+    if not isinstance(paths, list):
+        return None
+    for entry in paths:
+        if entry.get("path_type", "hardlink") not in ("hardlink", "softlink", "directory"):
+            return None
+        if entry.get("prefix_placeholder") and entry.get("file_mode") not in ("text", "binary"):
+            return None
+    return _Package(record, archive, payload, paths)
+
+
+def _small_members(raw: IO[bytes], wanted: set[str]) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    reader = zstandard.ZstdDecompressor().stream_reader(raw)
+    with tarfile.open(fileobj=reader, mode="r|") as tar:
+        for member in tar:
+            if member.name in wanted and member.isfile():
+                source = tar.extractfile(member)
+                assert source is not None
+                found[member.name] = source.read()
+    return found
+
+
+def _overlapping(packages: Sequence[_Package]) -> bool:
+    seen: set[str] = set()
+    for package in packages:
+        for entry in package.paths:
+            path = entry["_path"]
+            if path in seen:
+                return True
+            seen.add(path)
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Extraction: one long-lived `tar -x` per worker, fed one payload after another
+# --------------------------------------------------------------------------------------------
+
+
+def _extract_all(packages: Sequence[_Package], staging: Path, workers: int) -> None:
+    shares: list[list[_Package]] = [[] for _ in range(max(1, workers))]
+    loads = [0] * len(shares)
+    for package in sorted(packages, key=lambda p: -archive_size(p.archive)):
+        i = loads.index(min(loads))  # biggest first onto the least loaded worker
+        shares[i].append(package)
+        loads[i] += archive_size(package.archive)
+    # Parents first: two tar processes creating the same missing folder at once can make one of
+    # them fail ("Cannot open: No such file or directory").
+    folders = {os.path.dirname(e["_path"]) for p in packages for e in p.paths}
+    for folder in sorted(folders):
+        (staging / folder).mkdir(parents=True, exist_ok=True)
+    extract = _extract_with_gnu_tar if _gnu_tar() else _extract_with_tarfile
+    with ThreadPoolExecutor(len(shares)) as pool:
+        for future in [pool.submit(extract, share, staging) for share in shares if share]:
+            future.result()
+
+
+_GNU_TAR: list[str | None] = []
+_GNU_TAR_LOCK = threading.Lock()
+
+
+def _gnu_tar() -> str | None:
+    """GNU tar, whose ``--ignore-zeros`` lets one process extract many tars in a row."""
+    with _GNU_TAR_LOCK:
+        if not _GNU_TAR:
+            found = shutil.which("tar")
+            if found is not None:
+                try:
+                    version = subprocess.run(
+                        [found, "--version"], capture_output=True, text=True, timeout=10
+                    ).stdout
+                except (OSError, subprocess.SubprocessError):
+                    version = ""
+                found = found if "GNU tar" in version else None
+            _GNU_TAR.append(found)
+        return _GNU_TAR[0]
+
+
+def _extract_with_gnu_tar(packages: Sequence[_Package], staging: Path) -> None:
+    tar = _gnu_tar()
+    assert tar is not None
+    command = [tar, "-x", "--ignore-zeros", "--no-same-owner", "-f", "-", "-C", str(staging)]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdin is not None and process.stderr is not None
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(process.stderr.read()))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        for package in packages:
+            with (
+                open_archive(package.archive) as source,
+                zipfile.ZipFile(source) as zf,
+                zf.open(package.payload_member) as raw,
+            ):
+                zstandard.ZstdDecompressor().copy_stream(
+                    raw, process.stdin, read_size=_CHUNK, write_size=_CHUNK
+                )
+        process.stdin.close()
+    except BrokenPipeError:
+        pass  # tar stopped early; its exit status and message say why
+    except BaseException:
+        process.kill()
+        raise
+    finally:
+        code = process.wait()
+        reader.join()
+    if code != 0:
+        lines = b"".join(errors).decode(errors="replace").strip().splitlines()
+        lines = [line for line in lines if "Exiting with failure status" not in line]
+        raise OSError(_errno_from(lines), lines[0] if lines else f"tar exited with {code}")
+
+
+def _errno_from(lines: list[str]) -> int:
+    import errno
+
+    text = " ".join(lines)
+    for marker, code in (
+        ("No space left on device", errno.ENOSPC),
+        ("Permission denied", errno.EACCES),
+        ("Read-only file system", errno.EROFS),
+        ("Disk quota exceeded", errno.EDQUOT),
+    ):
+        if marker in text:
+            return code
+    return errno.EIO
+
+
+def _extract_with_tarfile(packages: Sequence[_Package], staging: Path) -> None:
+    """No GNU tar (busybox, minimal images): the same result, more slowly, in Python."""
+    for package in packages:
+        with (
+            open_archive(package.archive) as source,
+            zipfile.ZipFile(source) as zf,
+            zf.open(package.payload_member) as raw,
+        ):
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK)
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                tar.extractall(staging, filter="tar")
+
+
+# --------------------------------------------------------------------------------------------
+# Linking: prefix placeholders and conda-meta
+# --------------------------------------------------------------------------------------------
+
+
+def _link_entry(staging: Path, entry: dict[str, Any], prefix: bytes) -> dict[str, Any]:
+    """The conda-meta paths entry for one file, after patching its placeholder if it has one."""
+    out: dict[str, Any] = {
+        "_path": entry["_path"],
+        "path_type": entry.get("path_type", "hardlink"),
+    }
+    if "sha256" in entry:
+        out["sha256"] = entry["sha256"]
+    placeholder = entry.get("prefix_placeholder")
+    if out["path_type"] == "softlink":  # rattler hashes the link's target, as written
+        target = os.readlink(staging / entry["_path"]).encode()
+        out["sha256_in_prefix"] = hashlib.sha256(target).hexdigest()
+    if placeholder:
+        data = _patch(staging / entry["_path"], placeholder.encode(), prefix, entry["file_mode"])
+        out["sha256_in_prefix"] = hashlib.sha256(data).hexdigest()
+        out["size_in_bytes"] = len(data)
+        out["file_mode"] = entry["file_mode"]
+        out["prefix_placeholder"] = placeholder
+    elif "size_in_bytes" in entry:
+        out["size_in_bytes"] = entry["size_in_bytes"]
+    if entry.get("no_link"):
+        out["no_link"] = True
+    return out
+
+
+def _patch(path: Path, placeholder: bytes, prefix: bytes, mode: str) -> bytes:
+    data = path.read_bytes()
+    if placeholder not in data:
+        return data
+    new = replace_text(data, placeholder, prefix) if mode == "text" else None
+    if new is None:
+        new = replace_cstrings(data, placeholder, prefix, path)
+    temporary = path.with_name(path.name + ".pixi-deploy-patch")
+    temporary.write_bytes(new)
+    os.chmod(temporary, path.stat().st_mode & 0o7777)
+    os.replace(temporary, path)
+    return new
+
+
+def replace_text(data: bytes, placeholder: bytes, prefix: bytes) -> bytes:
+    """Plain replacement, as conda does for text files. A ``#!`` line that the new prefix
+    would make longer than the kernel accepts raises: rattler rewrites such lines."""
+    new = data.replace(placeholder, prefix)
+    if new.startswith(b"#!"):
+        first_line = new.split(b"\n", 1)[0]
+        if len(first_line) > MAX_SHEBANG and placeholder in data.split(b"\n", 1)[0]:
+            raise _LongShebang()
+    return new
+
+
+class _LongShebang(Exception):
+    pass
+
+
+def replace_cstrings(data: bytes, placeholder: bytes, prefix: bytes, path: Path) -> bytes:
+    """Binary files: each NUL-terminated string holding the placeholder is rewritten in place and
+    padded with NULs, so every offset in the file stays where the linker put it."""
+    if len(prefix) > len(placeholder):
+        raise PackError(
+            f"the path {prefix.decode()} is longer than the {len(placeholder)} characters "
+            f"the binary file {path.name} reserves for it",
+            "choose a shorter target path",
+        )
+    out = io.BytesIO()
+    position = 0
+    while (start := data.find(placeholder, position)) != -1:
+        end = data.find(b"\0", start)
+        end = len(data) if end == -1 else end
+        segment = data[start:end]
+        replaced = segment.replace(placeholder, prefix)
+        out.write(data[position:start])
+        out.write(replaced)
+        out.write(b"\0" * (len(segment) - len(replaced)))
+        position = end
+    out.write(data[position:])
+    return out.getvalue()
+
+
+def _write_prefix_record(meta: Path, package: _Package, entries: list[dict[str, Any]]) -> None:
+    record = json.loads(package.record.to_json())
+    record.update(
+        {
+            "extracted_package_dir": "",
+            "requested_specs": [],
+            "files": [e["_path"] for e in entries],
+            "paths_data": {"paths_version": 1, "paths": entries},
+            "link": {"source": "", "type": 1},
+        }
+    )
+    name = f"{package.record.name.normalized}-{package.record.version}-{package.record.build}"
+    (meta / f"{name}.json").write_text(json.dumps(record))

@@ -1,0 +1,217 @@
+"""The direct installer against rattler's own: the same tree, the same conda-meta.
+
+Every check lays out the same records twice for the same final path, once with
+``rattler.install`` alone and once with ``direct=True``, and compares file by file: paths,
+types, modes, contents, link targets, and each ``conda-meta`` record. The channel has what the
+direct path must get right (text and binary placeholders, a shebang, symlinks, activation
+scripts) and what it must hand to rattler (``.tar.bz2``, ``noarch: python``, a shebang that
+outgrows the kernel's limit, two packages owning one path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import rattler
+
+from pixi_deploy.errors import PackError
+from pixi_deploy.pack import direct
+from pixi_deploy.pack.direct import ArchiveSlice, install_direct, replace_cstrings
+from pixi_deploy.pack.layout import lay_out_prefix
+from pixi_deploy.testing.channel import (
+    BINARY_PLACEHOLDER,
+    TEXT_PLACEHOLDER,
+    PackageSpec,
+    build_channel,
+    fake_binary,
+    lock_workspace,
+)
+from pixi_deploy.testing.python_pkg import python_wrapper_spec
+from pixi_deploy.workspace import ResolvedEnvironment, load_workspace
+
+PLATFORM = "linux-64"
+
+
+def _specs() -> list[PackageSpec]:
+    tool = f'#!{TEXT_PLACEHOLDER}/bin/python -E\nimport sys\nprint("{TEXT_PLACEHOLDER}")\n'
+    return [
+        python_wrapper_spec(PLATFORM, "3.11"),
+        PackageSpec(
+            name="libshared",
+            version="1.2.0",
+            files={
+                "lib/libshared.so.1.2.0": fake_binary([BINARY_PLACEHOLDER + "/share/x"]),
+                "share/libshared/data.txt": "plain data\n",
+                "bin/shared-tool": tool,
+            },
+            symlinks={
+                "lib/libshared.so.1": "libshared.so.1.2.0",
+                "lib/libshared.so": "libshared.so.1",
+            },
+            prefix_files={"lib/libshared.so.1.2.0": "binary", "bin/shared-tool": "text"},
+            executables=frozenset({"bin/shared-tool"}),
+            activate={"libshared": f'export LIBSHARED_HOME="{TEXT_PLACEHOLDER}/share"\n'},
+        ),
+        PackageSpec(
+            name="oldformat",
+            version="0.1",
+            depends=["libshared"],
+            files={"bin/oldformat": f"#!/bin/sh\necho {TEXT_PLACEHOLDER}\n"},
+            prefix_files={"bin/oldformat": "text"},
+            executables=frozenset({"bin/oldformat"}),
+            archive_format=".tar.bz2",
+        ),
+        PackageSpec(
+            name="purepy",
+            version="2.0",
+            subdir="noarch",
+            noarch="python",
+            depends=["python"],
+            files={"site-packages/purepy/__init__.py": "VALUE = 2\n"},
+        ),
+    ]
+
+
+@pytest.fixture(scope="module")
+def resolved(tmp_path_factory: pytest.TempPathFactory) -> ResolvedEnvironment:
+    root = tmp_path_factory.mktemp("direct")
+    build_channel(root / "channel", _specs())
+    names = ["python", "libshared", "oldformat", "purepy"]
+    lock_workspace(root / "ws", root / "channel", {"default": names}, [PLATFORM])
+    return load_workspace(root / "ws" / "pixi.toml").resolve("default", PLATFORM)
+
+
+def _archives(resolved: ResolvedEnvironment) -> dict[str, Path]:
+    return {r.file_name: Path(r.url.removeprefix("file://")) for r in resolved.conda_records}
+
+
+def _lay_out(resolved: ResolvedEnvironment, staging: Path, final: Path, **kwargs: object) -> None:
+    lay_out_prefix(
+        list(resolved.conda_records),
+        kwargs.pop("archives", None) or _archives(resolved),  # type: ignore[arg-type]
+        [],
+        staging=staging,
+        final=final,
+        platform=PLATFORM,
+        python_version="3.11",
+        cache_dir=staging.parent / f"{staging.name}-cache",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _tree(prefix: Path) -> dict[str, tuple[str, int, bytes]]:
+    out = {}
+    for path in sorted(prefix.rglob("*")):
+        rel = str(path.relative_to(prefix))
+        mode = os.lstat(path).st_mode
+        if rel.startswith("conda-meta/"):
+            continue
+        if stat.S_ISLNK(mode):
+            out[rel] = ("link", 0, os.readlink(path).encode())
+        elif stat.S_ISDIR(mode):
+            out[rel] = ("dir", stat.S_IMODE(mode), b"")
+        else:
+            out[rel] = ("file", stat.S_IMODE(mode), path.read_bytes())
+    return out
+
+
+def _meta(prefix: Path) -> dict[str, dict[str, object]]:
+    records = {}
+    for path in sorted((prefix / "conda-meta").glob("*.json")):
+        data = json.loads(path.read_text())
+        data.pop("url")  # rattler's side names the local archive it installed from
+        data.pop("link")
+        records[path.name] = data
+    return records
+
+
+@pytest.mark.parametrize("final_name", ["env", "x" * 140])
+def test_direct_layout_equals_rattlers(
+    resolved: ResolvedEnvironment, tmp_path: Path, final_name: str
+) -> None:
+    final = Path("/opt/site") / final_name  # the long one pushes shebangs past 127 bytes
+    _lay_out(resolved, tmp_path / "by-rattler", final)
+    _lay_out(resolved, tmp_path / "direct", final, direct=True)
+    expected, got = _tree(tmp_path / "by-rattler"), _tree(tmp_path / "direct")
+    assert got.keys() == expected.keys()
+    for path in expected:
+        assert got[path] == expected[path], path
+    assert _meta(tmp_path / "direct") == _meta(tmp_path / "by-rattler")
+    assert (tmp_path / "direct/conda-meta/history").is_file()
+    # the placeholder really was patched, the symlinks really are symlinks
+    assert str(final).encode() in (tmp_path / "direct/lib/libshared.so.1.2.0").read_bytes()
+    assert os.readlink(tmp_path / "direct/lib/libshared.so") == "libshared.so.1"
+    # written once, not hard-linked from rattler's cache (rattler left the package alone)
+    readme = "lib/python3.11/site-packages/README.txt"  # python's package always goes direct
+    assert (tmp_path / "direct" / readme).stat().st_nlink == 1
+    assert (tmp_path / "by-rattler" / readme).stat().st_nlink == 2
+
+
+def test_direct_records_keep_the_locks_url(resolved: ResolvedEnvironment, tmp_path: Path) -> None:
+    _lay_out(resolved, tmp_path / "p", Path("/opt/env"), direct=True)
+    urls = {r.name.normalized: r.url for r in resolved.conda_records}
+    record = json.loads((tmp_path / "p/conda-meta/libshared-1.2.0-h0_0.json").read_text())
+    assert record["url"] == urls["libshared"]
+    # and rattler read it back as an installed package
+    assert rattler.PrefixRecord.from_path(tmp_path / "p/conda-meta/libshared-1.2.0-h0_0.json")
+
+
+def test_what_goes_to_rattler(resolved: ResolvedEnvironment, tmp_path: Path) -> None:
+    left = install_direct(
+        list(resolved.conda_records), _archives(resolved), staging=tmp_path / "p", final=tmp_path
+    )
+    assert sorted(r.name.normalized for r in left) == ["oldformat", "purepy"]
+
+
+def test_long_shebang_goes_to_rattler(resolved: ResolvedEnvironment, tmp_path: Path) -> None:
+    long_final = Path("/opt") / ("y" * 130)
+    left = install_direct(
+        list(resolved.conda_records), _archives(resolved), staging=tmp_path / "p", final=long_final
+    )
+    names = sorted(r.name.normalized for r in left)
+    assert names == ["libshared", "oldformat", "purepy"]  # python's #! line has no prefix
+    assert not (tmp_path / "p/lib/libshared.so.1.2.0").exists()  # its files were taken back
+
+
+def test_archives_read_in_place_from_a_pack_slice(
+    resolved: ResolvedEnvironment, tmp_path: Path
+) -> None:
+    blob = tmp_path / "blob"
+    slices: dict[str, ArchiveSlice] = {}
+    with blob.open("wb") as out:
+        out.write(b"\0" * 1000)  # the archives do not start at offset 0, as in a pack
+        for name, path in _archives(resolved).items():
+            data = path.read_bytes()
+            slices[name] = ArchiveSlice(blob, out.tell(), len(data), name)
+            out.write(data + b"\xff" * 17)
+    _lay_out(resolved, tmp_path / "by-rattler", Path("/opt/env"))
+    _lay_out(resolved, tmp_path / "sliced", Path("/opt/env"), direct=True, archives=slices)
+    assert _tree(tmp_path / "sliced") == _tree(tmp_path / "by-rattler")
+
+
+def test_python_extraction_when_there_is_no_gnu_tar(
+    resolved: ResolvedEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(direct, "_gnu_tar", lambda: None)
+    _lay_out(resolved, tmp_path / "by-rattler", Path("/opt/env"))
+    _lay_out(resolved, tmp_path / "python", Path("/opt/env"), direct=True)
+    assert _tree(tmp_path / "python") == _tree(tmp_path / "by-rattler")
+
+
+def test_binary_placeholder_is_padded_in_place() -> None:
+    old = b"/placeholder_long_enough"
+    data = b"A\0" + old + b"/lib:" + old + b"/bin\0tail" + old
+    new = replace_cstrings(data, old, b"/short", Path("f"))
+    assert len(new) == len(data)
+    assert new == b"A\0/short/lib:/short/bin" + b"\0" * (
+        2 * (len(old) - 6)
+    ) + b"\0tail/short" + b"\0" * (len(old) - 6)
+
+
+def test_binary_placeholder_longer_prefix_is_a_clear_error() -> None:
+    with pytest.raises(PackError, match="longer than"):
+        replace_cstrings(b"x/ph\0", b"/ph", b"/much/longer", Path("libx.so"))
