@@ -33,20 +33,24 @@ class TarWriter:
         self._write(data)
         self._pad(len(data))
 
-    def add_file(self, name: str, path: Path, size: int, mode: int = 0o644) -> None:
+    def add_file(
+        self, name: str, path: Path, size: int, mode: int = 0o644, *, offset: int = 0
+    ) -> None:
+        """``size`` bytes of ``path`` from ``offset`` (a member inside a bigger file)."""
         self._write(_header(name, tarfile.REGTYPE, size, mode))
         with path.open("rb") as source:
             if self._fd is not None:
                 self.out.flush()
                 sent = 0
                 while sent < size:
-                    n = os.sendfile(self._fd, source.fileno(), sent, size - sent)
+                    n = os.sendfile(self._fd, source.fileno(), offset + sent, size - sent)
                     if n == 0:
                         raise OSError(f"{path} shrank while it was being written")
                     sent += n
                 self.out.seek(0, io.SEEK_END)
                 self.written += size
             else:
+                source.seek(offset)
                 remaining = size
                 while remaining:
                     chunk = source.read(min(1 << 20, remaining))

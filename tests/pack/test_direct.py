@@ -122,10 +122,7 @@ def _tree(prefix: Path) -> dict[str, tuple[str, int, bytes]]:
 def _meta(prefix: Path) -> dict[str, dict[str, object]]:
     records = {}
     for path in sorted((prefix / "conda-meta").glob("*.json")):
-        data = json.loads(path.read_text())
-        data.pop("url")  # rattler's side names the local archive it installed from
-        data.pop("link")
-        records[path.name] = data
+        records[path.name] = json.loads(path.read_text())
     return records
 
 
@@ -163,7 +160,7 @@ def test_direct_records_keep_the_locks_url(resolved: ResolvedEnvironment, tmp_pa
 def test_what_goes_to_rattler(resolved: ResolvedEnvironment, tmp_path: Path) -> None:
     left = install_direct(
         list(resolved.conda_records), _archives(resolved), staging=tmp_path / "p", final=tmp_path
-    )
+    ).left
     assert sorted(r.name.normalized for r in left) == ["oldformat", "purepy"]
 
 
@@ -171,7 +168,7 @@ def test_long_shebang_goes_to_rattler(resolved: ResolvedEnvironment, tmp_path: P
     long_final = Path("/opt") / ("y" * 130)
     left = install_direct(
         list(resolved.conda_records), _archives(resolved), staging=tmp_path / "p", final=long_final
-    )
+    ).left
     names = sorted(r.name.normalized for r in left)
     assert names == ["libshared", "oldformat", "purepy"]  # python's #! line has no prefix
     assert not (tmp_path / "p/lib/libshared.so.1.2.0").exists()  # its files were taken back
@@ -215,3 +212,14 @@ def test_binary_placeholder_is_padded_in_place() -> None:
 def test_binary_placeholder_longer_prefix_is_a_clear_error() -> None:
     with pytest.raises(PackError, match="longer than"):
         replace_cstrings(b"x/ph\0", b"/ph", b"/much/longer", Path("libx.so"))
+
+
+def test_a_slice_is_verified_before_it_is_used(
+    resolved: ResolvedEnvironment, tmp_path: Path
+) -> None:
+    slices = {
+        name: ArchiveSlice(path, 0, path.stat().st_size, name, "0" * 64)
+        for name, path in _archives(resolved).items()
+    }
+    with pytest.raises(PackError, match="corrupt \\(sha256 mismatch\\)"):
+        _lay_out(resolved, tmp_path / "p", Path("/opt/env"), direct=True, archives=slices)

@@ -91,9 +91,9 @@ def test_noop_redeploy_is_one_round_trip(
 
 
 @pytest.mark.parametrize(
-    ("compress", "gnu_tar"),
-    [(None, True), (False, True), (None, False)],
-    ids=["zstd-gnu-tar", "plain-gnu-tar", "zstd-python-tar"],
+    ("compress", "gnu_tar", "raw_payloads"),
+    [(None, True, None), (None, True, False), (False, True, False), (None, False, False)],
+    ids=["raw-payloads", "zstd-gnu-tar", "plain-gnu-tar", "zstd-python-tar"],
 )
 def test_one_package_changed_moves_about_that_package(
     transport: Transport,
@@ -101,6 +101,7 @@ def test_one_package_changed_moves_about_that_package(
     tmp_path: Path,
     compress: bool | None,
     gnu_tar: bool,
+    raw_payloads: bool | None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import pixi_deploy.store.bundle as bundle
@@ -123,7 +124,7 @@ def test_one_package_changed_moves_about_that_package(
         {"default": ["greet", "greet-config", "greet-data"]},
         ["linux-64"],
     )
-    store = RemoteStore(transport, base, compress=compress)
+    store = RemoteStore(transport, base, compress=compress, raw_payloads=raw_payloads)
     cache = DownloadCache(tmp_path / "cache")
     store.deploy(load_workspace(tmp_path / "w1"), cache=cache)
     cold = store.last_transfer

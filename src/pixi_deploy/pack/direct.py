@@ -50,11 +50,26 @@ class ArchiveSlice:
     offset: int
     size: int
     name: str
+    sha256: str | None = None  # expected; checked by `verify` right before the bytes are used
 
     def open(self) -> BinaryIO:
         return io.BufferedReader(_Slice(self.pack, self.offset, self.size), _CHUNK)
 
+    def verify(self) -> None:
+        """Checked where the bytes are about to be used (then they are in the page cache for
+        the extraction that follows), rather than in a separate pass over the whole pack."""
+        if self.sha256 is None:
+            return
+        with self.open() as source:
+            digest = hashlib.file_digest(source, "sha256").hexdigest()  # type: ignore[arg-type]
+        if digest != self.sha256:
+            raise PackError(
+                f"{self.name} in {self.pack.name} is corrupt (sha256 mismatch)",
+                "re-create or re-download the pack",
+            )
+
     def copy_to(self, folder: Path) -> Path:
+        self.verify()
         folder.mkdir(parents=True, exist_ok=True)
         dest = folder / self.name
         with self.open() as source, dest.open("wb") as out:
@@ -118,6 +133,26 @@ class _Package:
     paths: list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class DeferredPayload:
+    """A package whose bulk was not written: its payload tar (zstd) lies at ``offset`` in
+    ``archive``, to be extracted elsewhere (the remote store does it on the cluster). Files that
+    embed the prefix, symlinks and conda-meta were written as usual, so the staged prefix plus
+    this payload, with the staged files winning, is the installed package."""
+
+    record: rattler.RepoDataRecord
+    archive: Path
+    offset: int
+    size: int
+    installed_bytes: int
+
+
+@dataclass
+class DirectResult:
+    left: list[rattler.RepoDataRecord]  # for rattler, in their original order
+    deferred: list[DeferredPayload]
+
+
 def install_direct(
     records: Sequence[rattler.RepoDataRecord],
     archives: Mapping[str, Archive],
@@ -125,23 +160,30 @@ def install_direct(
     staging: Path,
     final: Path,
     workers: int = 2,
-) -> list[rattler.RepoDataRecord]:
-    """Install into ``staging`` (made for ``final``) what can be installed directly.
-
-    Returns the records left for rattler, in their original order.
-    """
+    defer_payloads: bool = False,
+) -> DirectResult:
+    """Install into ``staging`` (made for ``final``) what can be installed directly; the rest is
+    left for rattler. ``defer_payloads`` writes only what differs per prefix (see
+    `DeferredPayload`) and returns where each package's payload lies."""
     direct: list[_Package] = []
     left: list[rattler.RepoDataRecord] = []
     for record in records:
-        package = _read_package(record, archives[record.file_name])
+        package = _read_package_checked(record, archives[record.file_name])
+        if package is not None and defer_payloads and _payload_slice(package) is None:
+            package = None
         (direct if package is not None else left).append(package or record)  # type: ignore[arg-type]
     if _overlapping(direct):
-        return list(records)  # rattler's clobber rules decide; not worth copying for a rare case
+        return DirectResult(list(records), [])  # rattler's clobber rules decide: rare
     if not direct:
-        return left
+        return DirectResult(left, [])
     staging.mkdir(parents=True, exist_ok=True)
-    _extract_all(direct, staging, workers)
+    if defer_payloads:
+        for package in direct:
+            _extract_members(package, staging, _prefix_specific(package))
+    else:
+        _extract_all(direct, staging, workers)
     prefix = str(final).encode()
+    deferred: list[DeferredPayload] = []
     meta = staging / "conda-meta"
     meta.mkdir(exist_ok=True)
     (meta / "history").touch()
@@ -153,8 +195,75 @@ def install_direct(
             left.append(package.record)
             continue
         _write_prefix_record(meta, package, entries)
+        if defer_payloads:
+            offset, size = _payload_slice(package) or (0, 0)
+            installed = sum(int(e.get("size_in_bytes") or 0) for e in package.paths)
+            assert isinstance(package.archive, Path)
+            deferred.append(
+                DeferredPayload(package.record, package.archive, offset, size, installed)
+            )
     order = {id(record): i for i, record in enumerate(records)}
-    return sorted(left, key=lambda record: order[id(record)])
+    return DirectResult(sorted(left, key=lambda record: order[id(record)]), deferred)
+
+
+def _verify(archive: Archive) -> None:
+    if isinstance(archive, ArchiveSlice):
+        archive.verify()
+
+
+def _read_package_checked(record: rattler.RepoDataRecord, archive: Archive) -> _Package | None:
+    """An archive that cannot be read is either corrupt (say so) or unusual (rattler's then)."""
+    try:
+        return _read_package(record, archive)
+    except (zipfile.BadZipFile, zstandard.ZstdError, tarfile.TarError, ValueError, KeyError):
+        _verify(archive)
+        return None
+
+
+def _prefix_specific(package: _Package) -> set[str]:
+    """The payload members that differ per prefix, or that conda-meta describes by content."""
+    return {
+        e["_path"]
+        for e in package.paths
+        if e.get("prefix_placeholder") or e.get("path_type") == "softlink"
+    }
+
+
+def _payload_slice(package: _Package) -> tuple[int, int] | None:
+    """Where the payload tar.zst lies in a local ``.conda``: a zip whose members are stored."""
+    if not isinstance(package.archive, Path):
+        return None
+    with package.archive.open("rb") as source, zipfile.ZipFile(source) as zf:
+        info = zf.getinfo(package.payload_member)
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        source.seek(info.header_offset)
+        header = source.read(30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            return None
+        name_len = int.from_bytes(header[26:28], "little")
+        extra_len = int.from_bytes(header[28:30], "little")
+        return info.header_offset + 30 + name_len + extra_len, info.compress_size
+
+
+def _extract_members(package: _Package, staging: Path, wanted: set[str]) -> None:
+    """Only ``wanted`` members, stopping as soon as all are out (they tend to come early)."""
+    if not wanted:
+        return
+    remaining = set(wanted)
+    with (
+        open_archive(package.archive) as source,
+        zipfile.ZipFile(source) as zf,
+        zf.open(package.payload_member) as raw,
+    ):
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK)
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            for member in tar:
+                if member.name in remaining:
+                    tar.extract(member, staging, filter="tar")
+                    remaining.discard(member.name)
+                    if not remaining:
+                        return
 
 
 def _remove_files(staging: Path, package: _Package) -> None:
@@ -270,6 +379,7 @@ def _extract_with_gnu_tar(packages: Sequence[_Package], staging: Path) -> None:
     reader.start()
     try:
         for package in packages:
+            _verify(package.archive)
             with (
                 open_archive(package.archive) as source,
                 zipfile.ZipFile(source) as zf,
@@ -311,6 +421,7 @@ def _errno_from(lines: list[str]) -> int:
 def _extract_with_tarfile(packages: Sequence[_Package], staging: Path) -> None:
     """No GNU tar (busybox, minimal images): the same result, more slowly, in Python."""
     for package in packages:
+        _verify(package.archive)
         with (
             open_archive(package.archive) as source,
             zipfile.ZipFile(source) as zf,

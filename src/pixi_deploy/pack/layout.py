@@ -24,8 +24,8 @@ from installer import install as install_wheel
 from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 
-from pixi_deploy.errors import PackError, StoreError, store_error_from_os
-from pixi_deploy.pack.direct import Archive, ArchiveSlice, install_direct
+from pixi_deploy.errors import PackError, PixiDeployError, StoreError, store_error_from_os
+from pixi_deploy.pack.direct import Archive, ArchiveSlice, DeferredPayload, install_direct
 from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
 from pixi_deploy.progress import Reporter
 from pixi_deploy.workspace import ResolvedEnvironment
@@ -42,12 +42,13 @@ def lay_out_environment(
     staging: Path,
     final: Path,
     reporter: Reporter,
-) -> None:
+    defer_payloads: bool = False,
+) -> list[DeferredPayload]:
     """Fetch (or find in the cache) every archive of ``resolved`` and lay it out."""
     artifacts = artifacts_of(resolved)
     cached = cache.fetch_all(artifacts, reporter)
     reporter.step(f"laying out {len(artifacts)} packages for {final} ({resolved.platform})")
-    lay_out_prefix(
+    return lay_out_prefix(
         list(resolved.conda_records),
         {a.filename: cached[a] for a in artifacts if a.kind == "conda"},
         [cached[a] for a in artifacts if a.kind == "pypi"],
@@ -57,6 +58,7 @@ def lay_out_environment(
         python_version=resolved.python_version,
         cache_dir=cache.root / "extracted",
         environment=resolved.name,
+        defer_payloads=defer_payloads,
     )
 
 
@@ -91,12 +93,15 @@ def lay_out_prefix(
     cache_dir: Path,
     environment: str = "default",
     direct: bool = False,
-) -> None:
+    defer_payloads: bool = False,
+) -> list[DeferredPayload]:
     """Install into ``staging`` an environment meant to live at ``final``.
 
     ``archives`` maps each record's file name to a verified local archive; nothing is downloaded.
     ``direct`` writes what it can straight into the prefix (`pack.direct`): right when nothing
     keeps ``cache_dir`` afterwards; with a warm, kept cache rattler's hard links are cheaper.
+    ``defer_payloads`` leaves out the bulk of what it can and says where it is (the remote
+    store ships those payloads as they are, and the cluster extracts them).
     """
     check_environment_path(final)
     missing = [r.file_name for r in records if r.file_name not in archives]
@@ -105,16 +110,18 @@ def lay_out_prefix(
     original_urls = [r.url for r in records]
     staging.mkdir(parents=True, exist_ok=True)
     try:
-        left = (
-            install_direct(records, archives, staging=staging, final=final)
-            if direct and records
-            else records
-        )
+        if (direct or defer_payloads) and records:
+            done = install_direct(
+                records, archives, staging=staging, final=final, defer_payloads=defer_payloads
+            )
+            left, deferred = done.left, done.deferred
+        else:
+            left, deferred = list(records), []
         for record in left:  # rattler installs from these verified local files, not the web
             record.url = _local_file(archives[record.file_name], cache_dir).resolve().as_uri()
         if left:  # rattler finds the directly installed ones in conda-meta and leaves them be
             asyncio.run(_install(list(records), staging, final, platform, cache_dir))
-    except OSError:
+    except (OSError, PixiDeployError):
         raise
     except Exception as error:  # rattler's InstallerError wraps the OS error as text
         raise _install_error(error, staging, final) from error
@@ -123,11 +130,14 @@ def lay_out_prefix(
             record.url = url  # the caller's records are left as they were
     if wheels:
         _install_wheels(wheels, staging, final, python_version)
-    _scrub_link_sources(staging)
+    _scrub_link_sources(
+        staging, {r.file_name: url for r, url in zip(records, original_urls, strict=True)}
+    )
     # rattler tags the prefix as a cache folder; backup tools honouring CACHEDIR.TAG (borg,
     # restic, `tar --exclude-caches`) would then skip a deployed environment entirely.
     (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
     write_activate_script(staging, final, environment, platform)
+    return deferred
 
 
 def _local_file(archive: Archive, cache_dir: Path) -> Path:
@@ -210,9 +220,10 @@ def _install_wheels(
             ) from error
 
 
-def _scrub_link_sources(prefix: Path) -> None:
-    """conda-meta records the build machine's cache path (link.source, extracted_package_dir);
-    it means nothing where the environment lands, so drop it rather than ship a local path."""
+def _scrub_link_sources(prefix: Path, urls: Mapping[str, str]) -> None:
+    """conda-meta records the build machine's cache path (link.source, extracted_package_dir)
+    and the local archive rattler installed from (url); they mean nothing where the environment
+    lands, so drop the paths and put back the lock's URL rather than ship local paths."""
     meta = prefix / "conda-meta"
     if not meta.is_dir():
         return
@@ -223,6 +234,8 @@ def _scrub_link_sources(prefix: Path) -> None:
             link["source"] = ""
         if "extracted_package_dir" in data:
             data["extracted_package_dir"] = ""
+        if data.get("fn") in urls:
+            data["url"] = urls[data["fn"]]
         # no indent: json's C encoder only runs without it (a 300-package env: 1.3 s -> 0.1 s)
         record_file.write_text(json.dumps(data))
 

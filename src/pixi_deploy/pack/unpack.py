@@ -26,8 +26,8 @@ import rattler
 import zstandard
 
 from pixi_deploy.errors import PackError, StoreError, store_error_from_os
-from pixi_deploy.pack.direct import Archive, ArchiveSlice, open_archive
-from pixi_deploy.pack.format import LOCK_MEMBER, METADATA_NAME, ZSTD_MAGIC, PackMetadata
+from pixi_deploy.pack.direct import Archive, ArchiveSlice
+from pixi_deploy.pack.format import LOCK_MEMBER, METADATA_NAME, ZSTD_MAGIC, PackedFile, PackMetadata
 from pixi_deploy.pack.layout import check_environment_path, lay_out_prefix
 from pixi_deploy.progress import NullReporter, Reporter
 
@@ -124,9 +124,8 @@ def extract_verified(
                         raise PackError(
                             f"unexpected member '{member.name}' in {pack}", "re-create the pack"
                         )
-                    if in_place and seekable and entry.kind == "conda":
-                        files[member.name] = archive = _slice_of(pack, member, entry.size)
-                        checks.append((member.name, hasher.submit(_sha256_of, archive)))
+                    if in_place and seekable and entry.kind == "conda":  # checked when used
+                        files[member.name] = _slice_of(pack, member, entry)
                     else:
                         local = into / member.name
                         job = _copy_member_async(tar, member, local, entry.size, hasher, seekable)
@@ -231,17 +230,19 @@ def _copy_range(src: int, dst: int, offset: int, size: int, name: str) -> None:
         copied += n
 
 
-def _slice_of(pack: Path, member: tarfile.TarInfo, size: int) -> ArchiveSlice:
-    if member.size != size:
+def _slice_of(pack: Path, member: tarfile.TarInfo, entry: PackedFile) -> ArchiveSlice:
+    if member.size != entry.size:
         raise PackError(
-            f"{member.name} has {member.size} bytes, metadata says {size}", "re-create the pack"
+            f"{member.name} has {member.size} bytes, metadata says {entry.size}",
+            "re-create the pack",
         )
-    return ArchiveSlice(pack, member.offset_data, size, Path(member.name).name)
+    name = Path(member.name).name
+    return ArchiveSlice(pack, member.offset_data, entry.size, name, entry.sha256)
 
 
-def _sha256_of(archive: Archive) -> str:
-    with open_archive(archive) as source:
-        return hashlib.file_digest(source, "sha256").hexdigest()  # type: ignore[arg-type]
+def _sha256_of(path: Path) -> str:
+    with path.open("rb") as source:
+        return hashlib.file_digest(source, "sha256").hexdigest()
 
 
 def _copy_member(

@@ -39,7 +39,7 @@ def stream_bundle(
     compression: str,
     advance: Callable[[int], None],
 ) -> None:
-    sink = _ChunkedWriter(send)
+    sink = ChunkedWriter(send)
     out: Any = sink
     compressor = None
     if compression == "zstd":
@@ -170,7 +170,7 @@ def _parents(paths: Iterable[str]) -> list[str]:
     return sorted(dirs)
 
 
-class _ChunkedWriter:
+class ChunkedWriter:
     """File-like adapter: buffers small writes into ~1 MB chunks for the SSH channel."""
 
     def __init__(self, send: Send) -> None:

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -74,8 +74,12 @@ class Plan:
         return sum(g.size for g in self.groups) + self.env.size
 
 
-def plan(prefix: Path, final_prefix: str) -> Plan:
-    """Group the files under ``prefix`` (laid out for ``final_prefix``)."""
+def plan(prefix: Path, final_prefix: str, shipped_raw: Collection[str] = ()) -> Plan:
+    """Group the files under ``prefix`` (laid out for ``final_prefix``).
+
+    ``shipped_raw`` names conda-meta records (file stems) whose payload travels as it is
+    (store/payloads.py): they get no group here, and what of them is staged (their
+    prefix-embedding files, symlinks and record) goes to the environment part."""
     owners: dict[str, Group] = {}
     claimed: dict[str, FileEntry] = {}
     env = EnvironmentPart()
@@ -83,6 +87,8 @@ def plan(prefix: Path, final_prefix: str) -> Plan:
     needle = final_prefix.encode()
 
     for record_file in sorted((prefix / "conda-meta").glob("*.json")):
+        if record_file.stem in shipped_raw:
+            continue
         record = json.loads(record_file.read_text())
         group = Group(record_file.stem)
         portable = True

@@ -26,6 +26,7 @@ from pixi_deploy.store.bundle import stream_bundle
 from pixi_deploy.store.groups import Plan, plan
 from pixi_deploy.store.layout import StoreLayout, check_name
 from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
+from pixi_deploy.store.payloads import PayloadGroup, payload_groups, stream_payloads
 from pixi_deploy.transport import (
     CommandResult,
     ConnectionLostError,
@@ -46,6 +47,11 @@ class _Prepared:
     prefix: Path
     plan: Plan
     metadata: DeploymentMetadata
+    payloads: list[PayloadGroup]
+
+    @property
+    def keys(self) -> list[str]:
+        return [p.key for p in self.payloads] + [g.key for g in self.plan.groups]
 
 
 @dataclass
@@ -56,16 +62,24 @@ class TransferReport:
     groups_sent: int = 0
     bundle_bytes: int = 0  # bytes that crossed the connection (after compression)
     environment_part_bytes: int = 0
+    raw_payloads_sent: int = 0  # of groups_sent: conda payloads shipped as they are
 
 
 class RemoteStore:
     def __init__(
-        self, transport: Transport, base: str | None = None, *, compress: bool | None = None
+        self,
+        transport: Transport,
+        base: str | None = None,
+        *,
+        compress: bool | None = None,
+        raw_payloads: bool | None = None,
     ) -> None:
         """``compress``: zstd on the wire; None = when the cluster has `zstd` (fast links may
-        prefer False: compression costs CPU on both ends)."""
+        prefer False: compression costs CPU on both ends). ``raw_payloads``: ship conda
+        payloads as they are (store/payloads.py); None = when the cluster has GNU tar and zstd."""
         self.transport = transport
         self.compress = compress
+        self.raw_payloads = raw_payloads
         chosen = base or transport.base_path
         if not chosen:
             raise StoreError(
@@ -76,6 +90,7 @@ class RemoteStore:
         self.layout = StoreLayout(self.base)
         self.last_transfer = TransferReport()
         self._remote_zstd = False
+        self._remote_gnu_tar = False
 
     @property
     def target(self) -> str:
@@ -142,6 +157,7 @@ class RemoteStore:
         head_lines = head.splitlines()
         uname = tuple(head_lines[0].split()[:2]) if head_lines else ()
         self._remote_zstd = "zstd=yes" in head_lines
+        self._remote_gnu_tar = "gnutar=yes" in head_lines
         detected = _PLATFORMS.get((uname[0], uname[1])) if len(uname) == 2 else None
         if auto:
             if detected is None:
@@ -208,50 +224,80 @@ class RemoteStore:
         cache: DownloadCache,
         reporter: Reporter,
     ) -> _Prepared:
-        """Lay the environment out here, for its final path on the cluster, and group it."""
+        """Lay the environment out here, for its final path on the cluster, and group it.
+
+        When the cluster can unpack conda payloads itself (GNU tar and zstd), those are left
+        packed and shipped as they are (store/payloads.py); only what differs per prefix is
+        laid out here."""
         prefix = tmp / "prefix"
-        lay_out_environment(resolved, cache, staging=prefix, final=Path(final), reporter=reporter)
+        deferred = lay_out_environment(
+            resolved,
+            cache,
+            staging=prefix,
+            final=Path(final),
+            reporter=reporter,
+            defer_payloads=self._remote_zstd
+            and self._remote_gnu_tar
+            and self.raw_payloads is not False,
+        )
         metadata = DeploymentMetadata.for_environment(resolved, final, self.target)
         metadata.write(prefix / METADATA_NAME)
-        return _Prepared(prefix, plan(prefix, final), metadata)
+        shipped_raw = {
+            f"{d.record.name.normalized}-{d.record.version}-{d.record.build}" for d in deferred
+        }
+        return _Prepared(
+            prefix, plan(prefix, final, shipped_raw), metadata, payload_groups(deferred)
+        )
 
     def _send(
         self, resolved: ResolvedEnvironment, prepared: _Prepared, reporter: Reporter
     ) -> DeploymentMetadata:
         key = resolved.short_hash
-        keys = [g.key for g in prepared.plan.groups]
+        keys = prepared.keys
         listed = self._run(sh.MISSING, [self.base, key], input="\n".join(keys) + "\n").stdout
         missing = set(listed.split())
         sending = [g for g in prepared.plan.groups if g.key in missing]
-        total = sum(g.size for g in sending) + prepared.plan.env.size
+        raw = [p for p in prepared.payloads if p.key in missing]
+        total = sum(g.size for g in sending) + sum(p.size for p in raw) + prepared.plan.env.size
         use_zstd = self._remote_zstd if self.compress is None else self.compress
         compression = "zstd" if use_zstd else "none"
         reporter.step(
-            f"sending {len(sending)} of {len(keys)} package groups + environment files "
-            f"({total / 1e6:.1f} MB{', zstd' if compression == 'zstd' else ''})"
+            f"sending {len(sending) + len(raw)} of {len(keys)} package groups + environment "
+            f"files ({total / 1e6:.1f} MB{', zstd' if compression == 'zstd' or raw else ''})"
         )
         before = self.transport.stats.bytes_uploaded
         with reporter.task("upload", total) as advance:
+            if raw:
+                self._check(
+                    self.transport.pipe(
+                        ["sh", "-c", sh.RECEIVE_PAYLOADS, "sh", self.base, key],
+                        lambda write: stream_payloads(write, raw, missing, advance),
+                    )
+                )
             result = self.transport.pipe(
                 ["sh", "-c", sh.RECEIVE, "sh", self.base, key, compression],
                 lambda write: stream_bundle(
                     write, prepared.prefix, prepared.plan, missing, compression, advance
                 ),
             )
+        self._check(result)
+        self._finalize([self.base, key, *keys])
+        self.last_transfer = TransferReport(
+            len(keys),
+            len(sending) + len(raw),
+            self.transport.stats.bytes_uploaded - before,
+            prepared.plan.env.size,
+            len(raw),
+        )
+        reporter.step(f"deployed environment {key} at {prepared.metadata.deployment_path}")
+        return prepared.metadata
+
+    def _check(self, result: CommandResult) -> None:
         if result.exit_status != 0:
             detail = result.stderr.strip().splitlines()[-1:] or [
                 f"exit status {result.exit_status}"
             ]
             raise _store_error_text(detail[0], self.base)
-        self._finalize([self.base, key, *keys])
-        self.last_transfer = TransferReport(
-            len(keys),
-            len(sending),
-            self.transport.stats.bytes_uploaded - before,
-            prepared.plan.env.size,
-        )
-        reporter.step(f"deployed environment {key} at {prepared.metadata.deployment_path}")
-        return prepared.metadata
 
     def _finalize(self, args: list[str]) -> None:
         """Run under the transport's watchdog: if we die, the edge node stops building too."""

@@ -11,6 +11,7 @@ PROBE = r"""
 base=$1; shift
 uname -sm
 if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi
+case $(tar --version 2>/dev/null | head -n 1) in *"GNU tar"*) echo gnutar=yes ;; esac
 while [ $# -ge 2 ]; do
   if [ -f "$base/envs/$2/deployment_metadata.json" ]; then
     printf '\036%s\n' "$1"
@@ -56,6 +57,26 @@ rm -rf "$inc/env"
 if [ "$3" = zstd ]; then zstd -dcq | tar -xf - -C "$inc"; else tar -xf - -C "$inc"; fi
 """
 
+# Receive conda payloads as they are (store/payloads.py): a tar of <key>.tar.zst members, each
+# handed by GNU tar to a script that unpacks it into groups/<key>/ and then writes the marker.
+# $1 = base, $2 = key
+RECEIVE_PAYLOADS = r"""
+set -eu
+inc="$1/objects/.incoming-$2"
+mkdir -p "$inc/groups"
+cat > "$inc/payload.sh" <<'END'
+set -eu
+k=${TAR_FILENAME%.tar.zst}; k=${k##*/}
+d="$PD_INCOMING/groups/$k"
+rm -rf "$d" "$d.done"
+mkdir -p "$d"
+zstd -dcq | tar -xf - -C "$d"
+: > "$d.done"
+END
+PD_INCOMING=$inc; export PD_INCOMING
+tar -xf - --to-command='sh "$PD_INCOMING/payload.sh"'
+"""
+
 # Publish received groups, hard-link the environment together beside its final path, rename
 # it into place.  $1 = base, $2 = key, then the environment's group keys.
 FINALIZE = r"""
@@ -78,6 +99,9 @@ for k; do
 done
 shift "$n"
 if [ $# -gt 0 ]; then cp -al "$@" "$stage/"; fi
+# the environment part wins over a payload's raw copy (prefix patched): unlink that copy first,
+# or cp would write through the hard link into the shared object
+(cd "$inc/env" && find . ! -type d -print) | while IFS= read -r f; do rm -f "$stage/$f"; done
 cp -a "$inc/env/." "$stage/"
 [ -f "$stage/deployment_metadata.json" ] || { echo "incomplete environment" >&2; exit 4; }
 chmod 755 "$stage"

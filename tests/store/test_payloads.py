@@ -1,0 +1,122 @@
+"""Conda payloads shipped as they are and unpacked on the cluster (store/payloads.py), against
+the real sshd on 127.0.0.1: the environment they give must be the one laid out here, file for
+file, and the shared objects must never be patched through a hard link."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pixi_deploy.pack import DownloadCache
+from pixi_deploy.pack.layout import lay_out_environment
+from pixi_deploy.progress import NullReporter
+from pixi_deploy.store.remote import RemoteStore
+from pixi_deploy.testing.channel import (
+    BINARY_PLACEHOLDER,
+    TEXT_PLACEHOLDER,
+    PackageSpec,
+    build_channel,
+    fake_binary,
+    lock_workspace,
+)
+from pixi_deploy.testing.python_pkg import python_wrapper_spec
+from pixi_deploy.transport import Transport
+from pixi_deploy.workspace import load_workspace
+
+pytestmark = pytest.mark.cluster
+PLATFORM = "linux-64"
+
+# one listing line per path: type, mode, and content hash or link target
+LISTING = r"""
+cd "$1" || exit 1
+find . -mindepth 1 -type l -printf 'l %P %l\n'
+find . -mindepth 1 -type d -printf 'd %P %m\n'
+find . -mindepth 1 -type f -printf '%P\n' | sort | while IFS= read -r f; do
+  printf 'f %s %s %s\n' "$f" "$(stat -c %a "$f")" "$(sha256sum < "$f" | cut -c1-64)"
+done
+"""
+
+
+def _specs() -> list[PackageSpec]:
+    return [
+        python_wrapper_spec(PLATFORM, "3.11", interpreter="/usr/bin/python3.11"),
+        PackageSpec(
+            name="libshared",
+            version="1.2.0",
+            files={
+                "lib/libshared.so.1.2.0": fake_binary([BINARY_PLACEHOLDER + "/share/x"]),
+                "share/libshared/data.txt": "plain data\n",
+                "bin/shared-tool": f"#!/bin/sh\necho {TEXT_PLACEHOLDER}/share\n",
+            },
+            symlinks={"lib/libshared.so": "libshared.so.1.2.0"},
+            prefix_files={"lib/libshared.so.1.2.0": "binary", "bin/shared-tool": "text"},
+            executables=frozenset({"bin/shared-tool"}),
+        ),
+        PackageSpec(
+            name="oldformat",
+            version="0.1",
+            files={"share/oldformat.txt": "bz2\n"},
+            archive_format=".tar.bz2",
+        ),
+        PackageSpec(
+            name="purepy",
+            version="2.0",
+            subdir="noarch",
+            noarch="python",
+            depends=["python"],
+            files={"site-packages/purepy/__init__.py": "VALUE = 2\n"},
+        ),
+    ]
+
+
+def _listing(text: str) -> dict[str, str]:
+    entries = {}
+    for line in text.splitlines():
+        kind, path, rest = line.split(" ", 2)
+        if path != "deployment_metadata.json" and not path.startswith("conda-meta/"):
+            entries[path] = f"{kind} {rest}"
+    return entries
+
+
+def test_raw_payloads_give_the_environment_laid_out_here(
+    ssh_settings, test_cluster, tmp_path: Path
+) -> None:
+    build_channel(tmp_path / "ch", _specs())
+    names = ["python", "libshared", "oldformat", "purepy"]
+    lock_workspace(tmp_path / "ws", tmp_path / "ch", {"default": names}, [PLATFORM])
+    ws = load_workspace(tmp_path / "ws")
+    cache = DownloadCache(tmp_path / "cache")
+    base = f"{test_cluster.base_path}/p-{uuid.uuid4().hex[:8]}"
+    with Transport(ssh_settings) as t:
+        store = RemoteStore(t, base)
+        deployed = store.deploy(ws, cache=cache)
+        sent = store.last_transfer
+        final = deployed.deployment_path
+        remote = _listing(t.run_script(LISTING, [final]).stdout)
+        remote_meta = {
+            name: json.loads(t.read_bytes(f"{final}/conda-meta/{name}"))
+            for name in t.run_script('cd "$1/conda-meta" && ls *.json', [final]).stdout.split()
+        }
+        # the shared object keeps the raw (placeholder) copy; the environment has its own
+        object_copy = t.run_script('cat "$1"/objects/*/bin/shared-tool', [base], check=False).stdout
+        links = t.run(["stat", "-c", "%h", f"{final}/share/libshared/data.txt"]).stdout
+        tool = t.run(["cat", f"{final}/bin/shared-tool"]).stdout
+    local = tmp_path / "local"
+    resolved = ws.resolve("default", PLATFORM)
+    lay_out_environment(resolved, cache, staging=local, final=Path(final), reporter=NullReporter())
+    here = subprocess.run(
+        ["sh", "-c", LISTING, "sh", str(local)], capture_output=True, text=True, check=True
+    ).stdout
+    assert remote == _listing(here)
+    local_meta = {p.name: json.loads(p.read_text()) for p in (local / "conda-meta").glob("*.json")}
+    assert remote_meta == local_meta
+    assert sent.groups_sent == sent.groups_total
+    assert sent.raw_payloads_sent == 2  # python, libshared (not the .tar.bz2, not noarch)
+    assert len(remote) > 15 and remote["lib/libshared.so"] == "l libshared.so.1.2.0"
+    assert TEXT_PLACEHOLDER in object_copy
+    assert f"{final}/share" in tool and TEXT_PLACEHOLDER not in tool
+    assert int(links) == 2  # object + environment
