@@ -78,8 +78,9 @@ def plan(prefix: Path, final_prefix: str, shipped_raw: Collection[str] = ()) -> 
     """Group the files under ``prefix`` (laid out for ``final_prefix``).
 
     ``shipped_raw`` names conda-meta records (file stems) whose payload travels as it is
-    (store/payloads.py): they get no group here, and what of them is staged (their
-    prefix-embedding files, symlinks and record) goes to the environment part."""
+    (store/payloads.py): their files get no group here (what of them is staged, the
+    prefix-embedding files and symlinks, goes to the environment part); only their record does,
+    when it is the same in every environment."""
     owners: dict[str, Group] = {}
     claimed: dict[str, FileEntry] = {}
     env = EnvironmentPart()
@@ -87,8 +88,7 @@ def plan(prefix: Path, final_prefix: str, shipped_raw: Collection[str] = ()) -> 
     needle = final_prefix.encode()
 
     for record_file in sorted((prefix / "conda-meta").glob("*.json")):
-        if record_file.stem in shipped_raw:
-            continue
+        raw = record_file.stem in shipped_raw
         record = json.loads(record_file.read_text())
         group = Group(record_file.stem)
         portable = True
@@ -98,7 +98,7 @@ def plan(prefix: Path, final_prefix: str, shipped_raw: Collection[str] = ()) -> 
             if entry.get("path_type", "hardlink") != "hardlink" or "prefix_placeholder" in entry:
                 portable = False
                 continue  # embeds the prefix (or is a link): environment part, found by the walk
-            if not path.is_file() or path.is_symlink():
+            if raw or not path.is_file() or path.is_symlink():
                 continue
             info = path.stat()
             file = FileEntry(rel, info.st_size, entry["sha256"], _mode(info.st_mode))
