@@ -58,7 +58,9 @@ if [ "$3" = zstd ]; then zstd -dcq | tar -xf - -C "$inc"; else tar -xf - -C "$in
 """
 
 # Receive conda payloads as they are (store/payloads.py): a tar of <key>.tar.zst members, each
-# handed by GNU tar to a script that unpacks it into groups/<key>/ and then writes the marker.
+# handed by GNU tar to a script that unpacks it into groups/<key>/, hard-links it into the
+# environment's pre-stage (while the next payload is still on the wire, instead of all at the
+# end in FINALIZE), notes that inside the pre-stage, and then writes the group's marker.
 # $1 = base, $2 = key
 RECEIVE_PAYLOADS = r"""
 set -eu
@@ -68,9 +70,12 @@ cat > "$inc/payload.sh" <<'END'
 set -eu
 k=${TAR_FILENAME%.tar.zst}; k=${k##*/}
 d="$PD_INCOMING/groups/$k"
+s="$PD_INCOMING/stage"
 rm -rf "$d" "$d.done"
-mkdir -p "$d"
+mkdir -p "$d" "$s/.pd-staged"
 zstd -dcq | tar -xf - -C "$d"
+cp -alf "$d/." "$s/"
+: > "$s/.pd-staged/$k"
 : > "$d.done"
 END
 PD_INCOMING=$inc; export PD_INCOMING
@@ -87,6 +92,12 @@ inc="$base/objects/.incoming-$key"
 for stale in "$base/envs/.$key.staging-"*; do [ -e "$stale" ] && rm -rf "$stale"; done
 stage=$(mktemp -d "$base/envs/.$key.staging-XXXXXX")
 trap 'rm -rf "$stage"' EXIT
+# claim the pre-stage RECEIVE_PAYLOADS filled (one rename, so only one finalize ever uses it);
+# its .pd-staged/ names the groups already linked into it
+if [ -d "$inc/stage" ]; then
+  rmdir "$stage"
+  mv -T "$inc/stage" "$stage" 2>/dev/null || mkdir "$stage"
+fi
 for done in "$inc"/groups/*.done; do
   [ -e "$done" ] || continue
   g=${done%.done}; k=${g##*/}
@@ -95,10 +106,11 @@ done
 n=$#
 for k; do
   [ -d "$base/objects/$k" ] || { echo "missing object $k" >&2; exit 4; }
-  set -- "$@" "$base/objects/$k/."
+  [ -e "$stage/.pd-staged/$k" ] || set -- "$@" "$base/objects/$k/."
 done
 shift "$n"
 if [ $# -gt 0 ]; then cp -al "$@" "$stage/"; fi
+rm -rf "$stage/.pd-staged"
 # the environment part wins over a payload's raw copy (prefix patched): unlink that copy first,
 # or cp would write through the hard link into the shared object
 (cd "$inc/env" && find . ! -type d -print) | while IFS= read -r f; do rm -f "$stage/$f"; done
