@@ -20,7 +20,12 @@ import rattler
 
 from pixi_deploy.errors import PackError
 from pixi_deploy.pack import direct
-from pixi_deploy.pack.direct import ArchiveSlice, install_direct, replace_cstrings
+from pixi_deploy.pack.direct import (
+    ArchiveSlice,
+    DeferredPayload,
+    install_direct,
+    replace_cstrings,
+)
 from pixi_deploy.pack.layout import lay_out_prefix
 from pixi_deploy.testing.channel import (
     BINARY_PLACEHOLDER,
@@ -89,8 +94,10 @@ def _archives(resolved: ResolvedEnvironment) -> dict[str, Path]:
     return {r.file_name: Path(r.url.removeprefix("file://")) for r in resolved.conda_records}
 
 
-def _lay_out(resolved: ResolvedEnvironment, staging: Path, final: Path, **kwargs: object) -> None:
-    lay_out_prefix(
+def _lay_out(
+    resolved: ResolvedEnvironment, staging: Path, final: Path, **kwargs: object
+) -> list[DeferredPayload]:
+    return lay_out_prefix(
         list(resolved.conda_records),
         kwargs.pop("archives", None) or _archives(resolved),  # type: ignore[arg-type]
         [],
@@ -223,3 +230,34 @@ def test_a_slice_is_verified_before_it_is_used(
     }
     with pytest.raises(PackError, match="corrupt \\(sha256 mismatch\\)"):
         _lay_out(resolved, tmp_path / "p", Path("/opt/env"), direct=True, archives=slices)
+
+
+def test_deferred_payloads_complete_the_staged_prefix(
+    resolved: ResolvedEnvironment, tmp_path: Path
+) -> None:
+    """What the remote store does on the cluster, done here: unpack each deferred payload under
+    the staged prefix without overwriting what was staged; the result is the full layout."""
+    import io
+    import tarfile
+
+    import zstandard
+
+    final = Path("/opt/env")
+    _lay_out(resolved, tmp_path / "full", final, direct=True)
+    deferred = _lay_out(resolved, tmp_path / "staged", final, defer_payloads=True)
+    assert sorted(d.record.name.normalized for d in deferred) == ["libshared", "python"]
+    staged_before = _tree(tmp_path / "staged")
+    assert "share/libshared/data.txt" not in staged_before  # the bulk stayed packed
+    assert staged_before["bin/shared-tool"] == _tree(tmp_path / "full")["bin/shared-tool"]
+    for payload in deferred:
+        with payload.archive.open("rb") as source:
+            source.seek(payload.offset)
+            data = (
+                zstandard.ZstdDecompressor().decompressobj().decompress(source.read(payload.size))
+            )
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar:
+                if not os.path.lexists(tmp_path / "staged" / member.name):
+                    tar.extract(member, tmp_path / "staged", filter="tar")
+    assert _tree(tmp_path / "staged") == _tree(tmp_path / "full")
+    assert _meta(tmp_path / "staged") == _meta(tmp_path / "full")

@@ -55,6 +55,7 @@ def _specs() -> list[PackageSpec]:
             symlinks={"lib/libshared.so": "libshared.so.1.2.0"},
             prefix_files={"lib/libshared.so.1.2.0": "binary", "bin/shared-tool": "text"},
             executables=frozenset({"bin/shared-tool"}),
+            activate={"libshared": f'export LIBSHARED_HOME="{TEXT_PLACEHOLDER}/share"\n'},
         ),
         PackageSpec(
             name="oldformat",
@@ -120,3 +121,4 @@ def test_raw_payloads_give_the_environment_laid_out_here(
     assert TEXT_PLACEHOLDER in object_copy
     assert f"{final}/share" in tool and TEXT_PLACEHOLDER not in tool
     assert int(links) == 2  # object + environment
+    assert "activate.d/libshared.sh" in (local / "activate.sh").read_text()  # and so remotely

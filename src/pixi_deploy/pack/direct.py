@@ -220,12 +220,19 @@ def _read_package_checked(record: rattler.RepoDataRecord, archive: Archive) -> _
         return None
 
 
+#: Read while laying out (activate.sh is written from them), so staged even when deferred.
+_ACTIVATION = ("etc/conda/activate.d/", "etc/conda/env_vars.d/")
+
+
 def _prefix_specific(package: _Package) -> set[str]:
-    """The payload members that differ per prefix, or that conda-meta describes by content."""
+    """The payload members that differ per prefix, that conda-meta describes by content, or
+    that the activation script is written from."""
     return {
         e["_path"]
         for e in package.paths
-        if e.get("prefix_placeholder") or e.get("path_type") == "softlink"
+        if e.get("prefix_placeholder")
+        or e.get("path_type") == "softlink"
+        or e["_path"].startswith(_ACTIVATION)
     }
 
 
