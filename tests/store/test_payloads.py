@@ -102,8 +102,10 @@ def test_raw_payloads_give_the_environment_laid_out_here(
             name: json.loads(t.read_bytes(f"{final}/conda-meta/{name}"))
             for name in t.run_script('cd "$1/conda-meta" && ls *.json', [final]).stdout.split()
         }
-        # the shared object keeps the raw (placeholder) copy; the environment has its own
-        object_copy = t.run_script('cat "$1"/objects/*/bin/shared-tool', [base], check=False).stdout
+        # objects hold only what every environment shares: no file that embeds the prefix
+        in_objects = t.run_script(
+            'cd "$1/objects" && find . -path "./.incoming-*" -prune -o -type f -print', [base]
+        ).stdout.split()
         links = t.run(["stat", "-c", "%h", f"{final}/share/libshared/data.txt"]).stdout
         tool = t.run(["cat", f"{final}/bin/shared-tool"]).stdout
     local = tmp_path / "local"
@@ -118,7 +120,8 @@ def test_raw_payloads_give_the_environment_laid_out_here(
     assert sent.groups_sent == sent.groups_total
     assert sent.raw_payloads_sent == 2  # python, libshared (not the .tar.bz2, not noarch)
     assert len(remote) > 15 and remote["lib/libshared.so"] == "l libshared.so.1.2.0"
-    assert TEXT_PLACEHOLDER in object_copy
+    assert any(f.endswith("/share/libshared/data.txt") for f in in_objects)
+    assert not any(f.endswith(("/bin/shared-tool", "/libshared.so.1.2.0")) for f in in_objects)
     assert f"{final}/share" in tool and TEXT_PLACEHOLDER not in tool
     assert int(links) == 2  # object + environment
     assert "activate.d/libshared.sh" in (local / "activate.sh").read_text()  # and so remotely

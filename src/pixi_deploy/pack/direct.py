@@ -145,6 +145,7 @@ class DeferredPayload:
     offset: int
     size: int
     installed_bytes: int
+    shared_files: tuple[str, ...]  # the payload's files that are the same under every prefix
 
 
 @dataclass
@@ -198,9 +199,15 @@ def install_direct(
         if defer_payloads:
             offset, size = _payload_slice(package) or (0, 0)
             installed = sum(int(e.get("size_in_bytes") or 0) for e in package.paths)
+            specific = _prefix_specific(package)
+            shared = tuple(
+                e["_path"]
+                for e in package.paths
+                if e.get("path_type", "hardlink") == "hardlink" and e["_path"] not in specific
+            )
             assert isinstance(package.archive, Path)
             deferred.append(
-                DeferredPayload(package.record, package.archive, offset, size, installed)
+                DeferredPayload(package.record, package.archive, offset, size, installed, shared)
             )
     order = {id(record): i for i, record in enumerate(records)}
     return DirectResult(sorted(left, key=lambda record: order[id(record)]), deferred)

@@ -9,21 +9,30 @@ object folder. The files that embed the prefix, the symlinks and conda-meta are 
 before (`pack.direct` with ``defer_payloads``) and travel in the environment part, which
 overrides the raw copies when the environment is assembled.
 
-The stream is a plain tar of ``<key>.tar.zst`` members; the cluster's tar hands each member to
-a small script (``--to-command``) that extracts it into ``groups/<key>/`` and then writes the
-``groups/<key>.done`` marker, so a dropped connection resumes per package, as for the other
-groups.
+The stream is the packages' own zstd frames back to back, each followed by a small frame of our
+own: a tar holding ``.pd-staged/<key>``, the list of the package's files that are the same under
+every prefix. zstd decompresses concatenated frames as one stream and GNU tar with
+``--ignore-zeros`` reads concatenated tars as one archive, so the cluster runs one ``zstd -d |
+tar -x`` for the whole environment, straight into its staging folder, as ``tar -x`` of a
+finished tree would be (per-package processes cost more than the unpacking itself). The marker
+says the package arrived whole, so a dropped connection resumes per package; the list tells the
+cluster which files to hard-link into the package's object for later environments.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import zstandard
 
 from pixi_deploy.pack.direct import DeferredPayload
 from pixi_deploy.store.bundle import ChunkedWriter, Send
 from pixi_deploy.tarwriter import TarWriter
+
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,7 @@ def payload_groups(deferred: Sequence[DeferredPayload]) -> list[PayloadGroup]:
     for payload in deferred:
         checksum = payload.record.sha256 or payload.record.md5
         identity = checksum.hex() if checksum else payload.record.file_name
-        digest = hashlib.sha256(f"conda-payload-v1\0{identity}".encode()).hexdigest()[:32]
+        digest = hashlib.sha256(f"conda-payload-v2\0{identity}".encode()).hexdigest()[:32]
         groups.append(PayloadGroup(digest, payload))
     return groups
 
@@ -51,11 +60,28 @@ def stream_payloads(
     send: Send, groups: Sequence[PayloadGroup], missing: set[str], advance: Callable[[int], None]
 ) -> None:
     sink = ChunkedWriter(send)
-    tar = TarWriter(sink, use_sendfile=False)  # type: ignore[arg-type]
     for group in groups:
-        if group.key in missing:
-            p = group.payload
-            tar.add_file(f"{group.key}.tar.zst", p.archive, p.size, offset=p.offset)
-            advance(p.size)
-    tar.close()
+        if group.key not in missing:
+            continue
+        p = group.payload
+        with p.archive.open("rb") as source:
+            source.seek(p.offset)
+            remaining = p.size
+            while remaining:
+                chunk = source.read(min(CHUNK, remaining))
+                if not chunk:
+                    raise OSError(f"{p.archive} shrank while it was being sent")
+                sink.write(chunk)
+                remaining -= len(chunk)
+        sink.write(_marker(group))
+        advance(p.size)
     sink.flush()
+
+
+def _marker(group: PayloadGroup) -> bytes:
+    listing = "".join(f"{path}\n" for path in group.payload.shared_files).encode()
+    buffer = io.BytesIO()
+    tar = TarWriter(buffer, use_sendfile=False)
+    tar.add_bytes(f".pd-staged/{group.key}", listing)
+    tar.close()
+    return zstandard.ZstdCompressor(level=1).compress(buffer.getvalue())

@@ -43,7 +43,9 @@ exec sleep 2147483647
 MISSING = r"""
 inc="$1/objects/.incoming-$2"
 cd "$1/objects" || exit 3
-while read -r k; do [ -d "$k" ] || [ -e "$inc/groups/$k.done" ] || printf '%s\n' "$k"; done
+while read -r k; do
+  [ -d "$k" ] || [ -e "$inc/groups/$k.done" ] || [ -e "$inc/stage/.pd-staged/$k" ] || printf '%s\n' "$k"
+done
 """
 
 # Receive the stream (tar, or zstd-compressed tar) into the environment's incoming folder.
@@ -57,29 +59,17 @@ rm -rf "$inc/env"
 if [ "$3" = zstd ]; then zstd -dcq | tar -xf - -C "$inc"; else tar -xf - -C "$inc"; fi
 """
 
-# Receive conda payloads as they are (store/payloads.py): a tar of <key>.tar.zst members, each
-# handed by GNU tar to a script that unpacks it into groups/<key>/, hard-links it into the
-# environment's pre-stage (while the next payload is still on the wire, instead of all at the
-# end in FINALIZE), notes that inside the pre-stage, and then writes the group's marker.
+# Receive conda payloads as they are (store/payloads.py): one zstd stream (the packages' own
+# frames, back to back) of tars, unpacked by ONE zstd and ONE tar straight into the
+# environment's pre-stage, as `tar -x` of a finished tree would be. After each package comes a
+# small tar holding .pd-staged/<key>, the list of its shared files: the marker that it arrived
+# whole (a dropped connection resumes from there) and what FINALIZE links into its object.
 # $1 = base, $2 = key
 RECEIVE_PAYLOADS = r"""
 set -eu
 inc="$1/objects/.incoming-$2"
-mkdir -p "$inc/groups"
-cat > "$inc/payload.sh" <<'END'
-set -eu
-k=${TAR_FILENAME%.tar.zst}; k=${k##*/}
-d="$PD_INCOMING/groups/$k"
-s="$PD_INCOMING/stage"
-rm -rf "$d" "$d.done"
-mkdir -p "$d" "$s/.pd-staged"
-zstd -dcq | tar -xf - -C "$d"
-cp -alf "$d/." "$s/"
-: > "$s/.pd-staged/$k"
-: > "$d.done"
-END
-PD_INCOMING=$inc; export PD_INCOMING
-tar -xf - --to-command='sh "$PD_INCOMING/payload.sh"'
+mkdir -p "$inc/stage"
+zstd -dcq | tar -x -i -f - -C "$inc/stage"
 """
 
 # Publish received groups, hard-link the environment together beside its final path, rename
@@ -98,6 +88,22 @@ if [ -d "$inc/stage" ]; then
   rmdir "$stage"
   mv -T "$inc/stage" "$stage" 2>/dev/null || mkdir "$stage"
 fi
+# payloads unpacked into the pre-stage become objects: hard links of their shared files (a
+# package whose listed files are not all there gets no object, and is simply sent again later)
+if [ -d "$stage/.pd-staged" ]; then
+  for list in "$stage"/.pd-staged/*; do
+    [ -f "$list" ] || continue
+    k=${list##*/}
+    [ -d "$base/objects/$k" ] && continue
+    tmp="$base/objects/.$k.tmp.$$"
+    rm -rf "$tmp"; mkdir "$tmp"
+    if (cd "$stage" && xargs -d '\n' -r cp -al --parents -t "$tmp") < "$list"; then
+      mv -T "$tmp" "$base/objects/$k" 2>/dev/null || rm -rf "$tmp"
+    else
+      rm -rf "$tmp"
+    fi
+  done
+fi
 for done in "$inc"/groups/*.done; do
   [ -e "$done" ] || continue
   g=${done%.done}; k=${g##*/}
@@ -105,8 +111,9 @@ for done in "$inc"/groups/*.done; do
 done
 n=$#
 for k; do
+  [ -e "$stage/.pd-staged/$k" ] && continue  # unpacked into the stage already
   [ -d "$base/objects/$k" ] || { echo "missing object $k" >&2; exit 4; }
-  [ -e "$stage/.pd-staged/$k" ] || set -- "$@" "$base/objects/$k/."
+  set -- "$@" "$base/objects/$k/."
 done
 shift "$n"
 if [ $# -gt 0 ]; then cp -al "$@" "$stage/"; fi
@@ -166,7 +173,7 @@ for key; do
     printf '%s\n' "$key"
   fi
 done
-rm -rf "$base"/objects/.incoming-*  # no deploy runs while we hold gc.lock
+rm -rf "$base"/objects/.incoming-* "$base"/objects/.*.tmp.*  # no deploy runs while we hold gc.lock
 for g in "$base"/objects/*/; do
   [ -d "$g" ] || continue
   if [ -z "$(find "$g" -type f -links +1 -print -quit)" ]; then rm -rf "$g"; fi
