@@ -90,19 +90,23 @@ if [ -d "$inc/stage" ]; then
 fi
 # payloads unpacked into the pre-stage become objects: hard links of their shared files (a
 # package whose listed files are not all there gets no object, and is simply sent again later)
+# (three processes per package: this loop runs once per package of the environment)
 if [ -d "$stage/.pd-staged" ]; then
-  for list in "$stage"/.pd-staged/*; do
+  cd "$stage"
+  for list in .pd-staged/*; do
     [ -f "$list" ] || continue
     k=${list##*/}
     [ -d "$base/objects/$k" ] && continue
     tmp="$base/objects/.$k.tmp.$$"
-    rm -rf "$tmp"; mkdir "$tmp"
-    if (cd "$stage" && xargs -d '\n' -r cp -al --parents -t "$tmp") < "$list"; then
+    if [ -e "$tmp" ]; then rm -rf "$tmp"; fi
+    mkdir "$tmp"
+    if xargs -d '\n' -r -a "$list" cp -al --parents -t "$tmp"; then
       mv -T "$tmp" "$base/objects/$k" 2>/dev/null || rm -rf "$tmp"
     else
       rm -rf "$tmp"
     fi
   done
+  cd /
 fi
 for done in "$inc"/groups/*.done; do
   [ -e "$done" ] || continue
