@@ -1,8 +1,10 @@
 """The POSIX sh that runs on the edge node. Paths and keys always arrive as "$1" "$2" ...
 (quoted by the transport), never pasted into the script text.
 
-The cluster needs only sh, tar, cp (-al), mv, mkdir, cat and flock (util-linux), which every
-Linux login node has.
+The cluster needs only sh, tar, cp (-al), mv, mkdir, cat, find and flock (util-linux), which
+every Linux login node has. Shipping conda payloads as they are also takes GNU tar and zstd (the
+probe checks both) and GNU xargs (without it a payload's object is not kept, so a later deploy
+sends that package again; the environment itself is complete either way).
 """
 
 # uname + any already-deployed candidate: the one round trip of a no-op redeploy.
