@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import rattler
 
+from helpers.linking import NAMES, linking_specs
 from pixi_deploy.errors import PackError
 from pixi_deploy.pack import direct
 from pixi_deploy.pack.direct import (
@@ -28,65 +29,19 @@ from pixi_deploy.pack.direct import (
 )
 from pixi_deploy.pack.layout import lay_out_prefix
 from pixi_deploy.testing.channel import (
-    BINARY_PLACEHOLDER,
-    TEXT_PLACEHOLDER,
-    PackageSpec,
     build_channel,
-    fake_binary,
     lock_workspace,
 )
-from pixi_deploy.testing.python_pkg import python_wrapper_spec
 from pixi_deploy.workspace import ResolvedEnvironment, load_workspace
 
 PLATFORM = "linux-64"
 
 
-def _specs() -> list[PackageSpec]:
-    tool = f'#!{TEXT_PLACEHOLDER}/bin/python -E\nimport sys\nprint("{TEXT_PLACEHOLDER}")\n'
-    return [
-        python_wrapper_spec(PLATFORM, "3.11"),
-        PackageSpec(
-            name="libshared",
-            version="1.2.0",
-            files={
-                "lib/libshared.so.1.2.0": fake_binary([BINARY_PLACEHOLDER + "/share/x"]),
-                "share/libshared/data.txt": "plain data\n",
-                "bin/shared-tool": tool,
-            },
-            symlinks={
-                "lib/libshared.so.1": "libshared.so.1.2.0",
-                "lib/libshared.so": "libshared.so.1",
-            },
-            prefix_files={"lib/libshared.so.1.2.0": "binary", "bin/shared-tool": "text"},
-            executables=frozenset({"bin/shared-tool"}),
-            activate={"libshared": f'export LIBSHARED_HOME="{TEXT_PLACEHOLDER}/share"\n'},
-        ),
-        PackageSpec(
-            name="oldformat",
-            version="0.1",
-            depends=["libshared"],
-            files={"bin/oldformat": f"#!/bin/sh\necho {TEXT_PLACEHOLDER}\n"},
-            prefix_files={"bin/oldformat": "text"},
-            executables=frozenset({"bin/oldformat"}),
-            archive_format=".tar.bz2",
-        ),
-        PackageSpec(
-            name="purepy",
-            version="2.0",
-            subdir="noarch",
-            noarch="python",
-            depends=["python"],
-            files={"site-packages/purepy/__init__.py": "VALUE = 2\n"},
-        ),
-    ]
-
-
 @pytest.fixture(scope="module")
 def resolved(tmp_path_factory: pytest.TempPathFactory) -> ResolvedEnvironment:
     root = tmp_path_factory.mktemp("direct")
-    build_channel(root / "channel", _specs())
-    names = ["python", "libshared", "oldformat", "purepy"]
-    lock_workspace(root / "ws", root / "channel", {"default": names}, [PLATFORM])
+    build_channel(root / "channel", linking_specs(PLATFORM))
+    lock_workspace(root / "ws", root / "channel", {"default": NAMES}, [PLATFORM])
     return load_workspace(root / "ws" / "pixi.toml").resolve("default", PLATFORM)
 
 

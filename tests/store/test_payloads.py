@@ -11,19 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from helpers.linking import NAMES, linking_specs
 from pixi_deploy.pack import DownloadCache
 from pixi_deploy.pack.layout import lay_out_environment
 from pixi_deploy.progress import NullReporter
 from pixi_deploy.store.remote import RemoteStore
 from pixi_deploy.testing.channel import (
-    BINARY_PLACEHOLDER,
     TEXT_PLACEHOLDER,
-    PackageSpec,
     build_channel,
-    fake_binary,
     lock_workspace,
 )
-from pixi_deploy.testing.python_pkg import python_wrapper_spec
 from pixi_deploy.transport import Transport
 from pixi_deploy.workspace import load_workspace
 
@@ -41,39 +38,6 @@ done
 """
 
 
-def _specs() -> list[PackageSpec]:
-    return [
-        python_wrapper_spec(PLATFORM, "3.11", interpreter="/usr/bin/python3.11"),
-        PackageSpec(
-            name="libshared",
-            version="1.2.0",
-            files={
-                "lib/libshared.so.1.2.0": fake_binary([BINARY_PLACEHOLDER + "/share/x"]),
-                "share/libshared/data.txt": "plain data\n",
-                "bin/shared-tool": f"#!/bin/sh\necho {TEXT_PLACEHOLDER}/share\n",
-            },
-            symlinks={"lib/libshared.so": "libshared.so.1.2.0"},
-            prefix_files={"lib/libshared.so.1.2.0": "binary", "bin/shared-tool": "text"},
-            executables=frozenset({"bin/shared-tool"}),
-            activate={"libshared": f'export LIBSHARED_HOME="{TEXT_PLACEHOLDER}/share"\n'},
-        ),
-        PackageSpec(
-            name="oldformat",
-            version="0.1",
-            files={"share/oldformat.txt": "bz2\n"},
-            archive_format=".tar.bz2",
-        ),
-        PackageSpec(
-            name="purepy",
-            version="2.0",
-            subdir="noarch",
-            noarch="python",
-            depends=["python"],
-            files={"site-packages/purepy/__init__.py": "VALUE = 2\n"},
-        ),
-    ]
-
-
 def _listing(text: str) -> dict[str, str]:
     entries = {}
     for line in text.splitlines():
@@ -86,9 +50,8 @@ def _listing(text: str) -> dict[str, str]:
 def test_raw_payloads_give_the_environment_laid_out_here(
     ssh_settings, test_cluster, tmp_path: Path
 ) -> None:
-    build_channel(tmp_path / "ch", _specs())
-    names = ["python", "libshared", "oldformat", "purepy"]
-    lock_workspace(tmp_path / "ws", tmp_path / "ch", {"default": names}, [PLATFORM])
+    build_channel(tmp_path / "ch", linking_specs(PLATFORM, interpreter="/usr/bin/python3.11"))
+    lock_workspace(tmp_path / "ws", tmp_path / "ch", {"default": NAMES}, [PLATFORM])
     ws = load_workspace(tmp_path / "ws")
     cache = DownloadCache(tmp_path / "cache")
     base = f"{test_cluster.base_path}/p-{uuid.uuid4().hex[:8]}"
@@ -119,9 +82,9 @@ def test_raw_payloads_give_the_environment_laid_out_here(
     assert remote_meta == local_meta
     assert sent.groups_sent == sent.groups_total
     assert sent.raw_payloads_sent == 2  # python, libshared (not the .tar.bz2, not noarch)
-    assert len(remote) > 15 and remote["lib/libshared.so"] == "l libshared.so.1.2.0"
+    assert len(remote) > 15 and remote["lib/libshared.so"] == "l libshared.so.1"
     assert any(f.endswith("/share/libshared/data.txt") for f in in_objects)
     assert not any(f.endswith(("/bin/shared-tool", "/libshared.so.1.2.0")) for f in in_objects)
-    assert f"{final}/share" in tool and TEXT_PLACEHOLDER not in tool
+    assert f"#!{final}/bin/python" in tool and TEXT_PLACEHOLDER not in tool
     assert int(links) == 2  # object + environment
     assert "activate.d/libshared.sh" in (local / "activate.sh").read_text()  # and so remotely

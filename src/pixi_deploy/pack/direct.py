@@ -26,8 +26,9 @@ import subprocess
 import tarfile
 import threading
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -265,19 +266,32 @@ def _extract_members(package: _Package, staging: Path, wanted: set[str]) -> None
     if not wanted:
         return
     remaining = set(wanted)
+    with _payload_tar(package) as tar:
+        for member in tar:
+            if member.name in remaining:
+                tar.extract(member, staging, filter="tar")
+                remaining.discard(member.name)
+                if not remaining:
+                    return
+
+
+@contextmanager
+def _payload(package: _Package) -> Iterator[IO[bytes]]:
+    """The package's payload: the zstd-compressed tar inside the ``.conda``."""
     with (
         open_archive(package.archive) as source,
         zipfile.ZipFile(source) as zf,
         zf.open(package.payload_member) as raw,
     ):
+        yield raw
+
+
+@contextmanager
+def _payload_tar(package: _Package) -> Iterator[tarfile.TarFile]:
+    with _payload(package) as raw:
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK)
         with tarfile.open(fileobj=reader, mode="r|") as tar:
-            for member in tar:
-                if member.name in remaining:
-                    tar.extract(member, staging, filter="tar")
-                    remaining.discard(member.name)
-                    if not remaining:
-                        return
+            yield tar
 
 
 def _remove_files(staging: Path, package: _Package) -> None:
@@ -394,11 +408,7 @@ def _extract_with_gnu_tar(packages: Sequence[_Package], staging: Path) -> None:
     try:
         for package in packages:
             _verify(package.archive)
-            with (
-                open_archive(package.archive) as source,
-                zipfile.ZipFile(source) as zf,
-                zf.open(package.payload_member) as raw,
-            ):
+            with _payload(package) as raw:
                 zstandard.ZstdDecompressor().copy_stream(
                     raw, process.stdin, read_size=_CHUNK, write_size=_CHUNK
                 )
@@ -436,14 +446,8 @@ def _extract_with_tarfile(packages: Sequence[_Package], staging: Path) -> None:
     """No GNU tar (busybox, minimal images): the same result, more slowly, in Python."""
     for package in packages:
         _verify(package.archive)
-        with (
-            open_archive(package.archive) as source,
-            zipfile.ZipFile(source) as zf,
-            zf.open(package.payload_member) as raw,
-        ):
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK)
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                tar.extractall(staging, filter="tar")
+        with _payload_tar(package) as tar:
+            tar.extractall(staging, filter="tar")
 
 
 # --------------------------------------------------------------------------------------------
