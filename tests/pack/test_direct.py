@@ -28,10 +28,7 @@ from pixi_deploy.pack.direct import (
     replace_cstrings,
 )
 from pixi_deploy.pack.layout import lay_out_prefix
-from pixi_deploy.testing.channel import (
-    build_channel,
-    lock_workspace,
-)
+from pixi_deploy.testing.channel import PackageSpec, build_channel, lock_workspace
 from pixi_deploy.workspace import ResolvedEnvironment, load_workspace
 
 PLATFORM = "linux-64"
@@ -216,3 +213,19 @@ def test_deferred_payloads_complete_the_staged_prefix(
                     tar.extract(member, tmp_path / "staged", filter="tar")
     assert _tree(tmp_path / "staged") == _tree(tmp_path / "full")
     assert _meta(tmp_path / "staged") == _meta(tmp_path / "full")
+
+
+def test_packages_sharing_a_path_all_go_to_rattler(tmp_path: Path) -> None:
+    """Two packages owning one path: rattler's clobber rules decide, not the direct path."""
+    specs = [
+        PackageSpec(name="first", version="1", files={"share/same.txt": "first\n"}),
+        PackageSpec(name="second", version="1", files={"share/same.txt": "second\n"}),
+    ]
+    build_channel(tmp_path / "ch", specs)
+    lock_workspace(tmp_path / "ws", tmp_path / "ch", {"default": ["first", "second"]}, [PLATFORM])
+    resolved = load_workspace(tmp_path / "ws" / "pixi.toml").resolve("default", PLATFORM)
+    done = install_direct(
+        list(resolved.conda_records), _archives(resolved), staging=tmp_path / "p", final=tmp_path
+    )
+    assert sorted(r.name.normalized for r in done.left) == ["first", "second"]
+    assert not (tmp_path / "p" / "share" / "same.txt").exists()

@@ -132,6 +132,7 @@ class _Package:
     archive: Archive
     payload_member: str
     paths: list[dict[str, Any]]
+    payload_at: tuple[int, int] | None = None  # (offset, size) in the archive, when deferred
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,10 @@ def install_direct(
     left: list[rattler.RepoDataRecord] = []
     for record in records:
         package = _read_package_checked(record, archives[record.file_name])
-        if package is not None and defer_payloads and _payload_slice(package) is None:
-            package = None
+        if package is not None and defer_payloads:
+            package.payload_at = _payload_slice(package)
+            if package.payload_at is None:
+                package = None
         (direct if package is not None else left).append(package or record)  # type: ignore[arg-type]
     if _overlapping(direct):
         return DirectResult(list(records), [])  # rattler's clobber rules decide: rare
@@ -198,7 +201,8 @@ def install_direct(
             continue
         _write_prefix_record(meta, package, entries)
         if defer_payloads:
-            offset, size = _payload_slice(package) or (0, 0)
+            assert package.payload_at is not None
+            offset, size = package.payload_at
             installed = sum(int(e.get("size_in_bytes") or 0) for e in package.paths)
             specific = _prefix_specific(package)
             shared = tuple(
