@@ -149,10 +149,13 @@ def test_archives_read_in_place_from_a_pack_slice(
     assert _tree(tmp_path / "sliced") == _tree(tmp_path / "by-rattler")
 
 
-def test_python_extraction_when_there_is_no_gnu_tar(
+def test_tarfile_extraction_for_unusual_payloads(
     resolved: ResolvedEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(direct, "_gnu_tar", lambda: None)
+    def unusual(*args: object, **kwargs: object) -> None:
+        raise direct.UnusualMember("as if every member were unusual")
+
+    monkeypatch.setattr(direct, "extract_payload", unusual)
     _lay_out(resolved, tmp_path / "by-rattler", Path("/opt/env"))
     _lay_out(resolved, tmp_path / "python", Path("/opt/env"), direct=True)
     assert _tree(tmp_path / "python") == _tree(tmp_path / "by-rattler")

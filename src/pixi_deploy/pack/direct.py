@@ -6,10 +6,10 @@ hard-links the files into the prefix. That is the right design for a machine tha
 on a machine with no cache: there it creates every file twice over (cache, then link), then has to
 delete the cache again, which made unpack 2.2x ``tar -x`` of the same tree.
 
-So for the common case, a ``.conda`` package that is not ``noarch: python``, this module streams
-the payload tar straight into the prefix (through GNU tar when there is one; ``tarfile`` when not),
-patches the files that carry a prefix placeholder, and writes ``conda-meta/<pkg>.json`` as rattler
-would. Everything else (``.tar.bz2``, ``noarch: python`` with its site-packages remapping and entry
+So for the common case, a ``.conda`` package that is not ``noarch: python``, this module writes
+the payload tar straight into the prefix (`pack.untar`, reading the archive where it lies, mapped
+into memory), patches the files that carry a prefix placeholder, and writes
+``conda-meta/<pkg>.json`` as rattler would. Everything else (``.tar.bz2``, ``noarch: python`` with its site-packages remapping and entry
 points, packages whose paths overlap another's, shebangs that would outgrow the kernel's limit) is
 handed back to the caller for ``rattler.install``, which sees the packages installed here as
 already present. The archives must already be verified against the lock.
@@ -20,15 +20,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
 import os
 import shutil
-import subprocess
 import tarfile
-import threading
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -37,6 +36,7 @@ import rattler
 import zstandard
 
 from pixi_deploy.errors import PackError
+from pixi_deploy.pack.untar import WINDOW, UnusualMember, extract_payload, read_members
 
 #: Linux refuses to exec a script whose ``#!`` line is longer than this.
 MAX_SHEBANG = 127
@@ -132,7 +132,7 @@ class _Package:
     archive: Archive
     payload_member: str
     paths: list[dict[str, Any]]
-    payload_at: tuple[int, int] | None = None  # (offset, size) in the archive, when deferred
+    payload_at: tuple[int, int] | None  # (offset, size) in the archive; None if zip-compressed
 
 
 @dataclass(frozen=True)
@@ -168,54 +168,71 @@ def install_direct(
     """Install into ``staging`` (made for ``final``) what can be installed directly; the rest is
     left for rattler. ``defer_payloads`` writes only what differs per prefix (see
     `DeferredPayload`) and returns where each package's payload lies."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # paths.json of every package, first
+        read = list(pool.map(lambda r: _read_package_checked(r, archives[r.file_name]), records))
     direct: list[_Package] = []
     left: list[rattler.RepoDataRecord] = []
-    for record in records:
-        package = _read_package_checked(record, archives[record.file_name])
-        if package is not None and defer_payloads:
-            package.payload_at = _payload_slice(package)
-            if package.payload_at is None:
-                package = None
-        (direct if package is not None else left).append(package or record)  # type: ignore[arg-type]
+    for record, package in zip(records, read, strict=True):
+        deferrable = package is not None and package.payload_at is not None
+        if defer_payloads and package is not None and not deferrable:
+            package = None
+        if package is None:
+            left.append(record)
+        else:
+            direct.append(package)
     if _overlapping(direct):
         return DirectResult(list(records), [])  # rattler's clobber rules decide: rare
     if not direct:
         return DirectResult(left, [])
     staging.mkdir(parents=True, exist_ok=True)
+    linker = _Linker(staging, final)
+    deferred: list[DeferredPayload] = []
     if defer_payloads:
         for package in direct:
             _extract_members(package, staging, _prefix_specific(package))
-    else:
-        _extract_all(direct, staging, workers)
-    prefix = str(final).encode()
-    deferred: list[DeferredPayload] = []
-    meta = staging / "conda-meta"
-    meta.mkdir(exist_ok=True)
-    (meta / "history").touch()
-    for package in direct:
-        try:
-            entries = [_link_entry(staging, entry, prefix) for entry in package.paths]
-        except _LongShebang:
-            _remove_files(staging, package)  # rattler rewrites such shebangs; let it do this one
-            left.append(package.record)
-            continue
-        _write_prefix_record(meta, package, entries)
-        if defer_payloads:
-            assert package.payload_at is not None
-            offset, size = package.payload_at
-            installed = sum(int(e.get("size_in_bytes") or 0) for e in package.paths)
-            specific = _prefix_specific(package)
-            shared = tuple(
-                e["_path"]
-                for e in package.paths
-                if e.get("path_type", "hardlink") == "hardlink" and e["_path"] not in specific
-            )
-            assert isinstance(package.archive, Path)
-            deferred.append(
-                DeferredPayload(package.record, package.archive, offset, size, installed, shared)
-            )
+            if linker.link(package):
+                deferred.append(_deferred(package))
+    else:  # each package is linked by the thread that wrote it, as soon as it is written
+        _extract_all(direct, staging, workers, linker.link)
+    left.extend(linker.given_back)
     order = {id(record): i for i, record in enumerate(records)}
     return DirectResult(sorted(left, key=lambda record: order[id(record)]), deferred)
+
+
+class _Linker:
+    """Patches a written package's placeholders and writes its conda-meta record; a package
+    whose shebang would outgrow the kernel's limit is taken back out, for rattler."""
+
+    def __init__(self, staging: Path, final: Path) -> None:
+        self.staging = staging
+        self.prefix = str(final).encode()
+        self.meta = staging / "conda-meta"
+        self.meta.mkdir(exist_ok=True)
+        (self.meta / "history").touch()
+        self.given_back: list[rattler.RepoDataRecord] = []  # appended to from several threads
+
+    def link(self, package: _Package) -> bool:
+        try:
+            entries = [_link_entry(self.staging, entry, self.prefix) for entry in package.paths]
+        except _LongShebang:
+            _remove_files(self.staging, package)  # rattler rewrites such shebangs
+            self.given_back.append(package.record)
+            return False
+        _write_prefix_record(self.meta, package, entries)
+        return True
+
+
+def _deferred(package: _Package) -> DeferredPayload:
+    assert package.payload_at is not None and isinstance(package.archive, Path)
+    offset, size = package.payload_at
+    installed = sum(int(e.get("size_in_bytes") or 0) for e in package.paths)
+    specific = _prefix_specific(package)
+    shared = tuple(
+        e["_path"]
+        for e in package.paths
+        if e.get("path_type", "hardlink") == "hardlink" and e["_path"] not in specific
+    )
+    return DeferredPayload(package.record, package.archive, offset, size, installed, shared)
 
 
 def _verify(archive: Archive) -> None:
@@ -248,21 +265,17 @@ def _prefix_specific(package: _Package) -> set[str]:
     }
 
 
-def _payload_slice(package: _Package) -> tuple[int, int] | None:
-    """Where the payload tar.zst lies in a local ``.conda``: a zip whose members are stored."""
-    if not isinstance(package.archive, Path):
+def _stored_at(source: BinaryIO, info: zipfile.ZipInfo) -> tuple[int, int] | None:
+    """Where a stored (uncompressed) zip member's bytes lie: a .conda's members always are."""
+    if info.compress_type != zipfile.ZIP_STORED:
         return None
-    with package.archive.open("rb") as source, zipfile.ZipFile(source) as zf:
-        info = zf.getinfo(package.payload_member)
-        if info.compress_type != zipfile.ZIP_STORED:
-            return None
-        source.seek(info.header_offset)
-        header = source.read(30)
-        if len(header) != 30 or header[:4] != b"PK\x03\x04":
-            return None
-        name_len = int.from_bytes(header[26:28], "little")
-        extra_len = int.from_bytes(header[28:30], "little")
-        return info.header_offset + 30 + name_len + extra_len, info.compress_size
+    source.seek(info.header_offset)
+    header = source.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        return None
+    name_len = int.from_bytes(header[26:28], "little")
+    extra_len = int.from_bytes(header[28:30], "little")
+    return info.header_offset + 30 + name_len + extra_len, info.compress_size
 
 
 def _extract_members(package: _Package, staging: Path, wanted: set[str]) -> None:
@@ -317,6 +330,7 @@ def _read_package(record: rattler.RepoDataRecord, archive: Archive) -> _Package 
             return None
         with zf.open(info) as raw:
             info_files = _small_members(raw, {"info/paths.json", "info/index.json"})
+        payload_at = _stored_at(source, zf.getinfo(payload))
     if "info/paths.json" not in info_files or "info/index.json" not in info_files:
         return None
     index = json.loads(info_files["info/index.json"])
@@ -330,19 +344,22 @@ def _read_package(record: rattler.RepoDataRecord, archive: Archive) -> _Package 
             return None
         if entry.get("prefix_placeholder") and entry.get("file_mode") not in ("text", "binary"):
             return None
-    return _Package(record, archive, payload, paths)
+    return _Package(record, archive, payload, paths, payload_at)
 
 
 def _small_members(raw: IO[bytes], wanted: set[str]) -> dict[str, bytes]:
-    found: dict[str, bytes] = {}
-    reader = zstandard.ZstdDecompressor().stream_reader(raw)
-    with tarfile.open(fileobj=reader, mode="r|") as tar:
-        for member in tar:
-            if member.name in wanted and member.isfile():
-                source = tar.extractfile(member)
-                assert source is not None
-                found[member.name] = source.read()
-    return found
+    data = zstandard.ZstdDecompressor().decompressobj().decompress(raw.read())
+    try:
+        return read_members(data, wanted)
+    except UnusualMember:  # tarfile reads what our reader does not
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            found: dict[str, bytes] = {}
+            for member in tar:
+                if member.name in wanted and member.isfile():
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    found[member.name] = source.read()
+            return found
 
 
 def _overlapping(packages: Sequence[_Package]) -> bool:
@@ -357,99 +374,120 @@ def _overlapping(packages: Sequence[_Package]) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Extraction: one long-lived `tar -x` per worker, fed one payload after another
+# Extraction: a few threads, each writing whole packages with `pack.untar`
 # --------------------------------------------------------------------------------------------
 
 
-def _extract_all(packages: Sequence[_Package], staging: Path, workers: int) -> None:
+def _extract_all(
+    packages: Sequence[_Package],
+    staging: Path,
+    workers: int,
+    then: Callable[[_Package], object],
+) -> None:
     shares: list[list[_Package]] = [[] for _ in range(max(1, workers))]
     loads = [0] * len(shares)
     for package in sorted(packages, key=lambda p: -archive_size(p.archive)):
         i = loads.index(min(loads))  # biggest first onto the least loaded worker
         shares[i].append(package)
         loads[i] += archive_size(package.archive)
-    # Parents first: two tar processes creating the same missing folder at once can make one of
-    # them fail ("Cannot open: No such file or directory").
+    # parents first, so no two threads race to create one folder
     folders = {os.path.dirname(e["_path"]) for p in packages for e in p.paths}
     for folder in sorted(folders):
         (staging / folder).mkdir(parents=True, exist_ok=True)
-    extract = _extract_with_gnu_tar if _gnu_tar() else _extract_with_tarfile
+    symlinks = frozenset(_symlinks(packages))
     with ThreadPoolExecutor(len(shares)) as pool:
-        for future in [pool.submit(extract, share, staging) for share in shares if share]:
-            future.result()
+        jobs = [
+            pool.submit(_extract_share, share, staging, symlinks, then) for share in shares if share
+        ]
+        for job in jobs:
+            job.result()
 
 
-_GNU_TAR: list[str | None] = []
-_GNU_TAR_LOCK = threading.Lock()
+def _symlinks(packages: Sequence[_Package]) -> set[str]:
+    return {e["_path"] for p in packages for e in p.paths if e.get("path_type") == "softlink"}
 
 
-def _gnu_tar() -> str | None:
-    """GNU tar, whose ``--ignore-zeros`` lets one process extract many tars in a row."""
-    with _GNU_TAR_LOCK:
-        if not _GNU_TAR:
-            found = shutil.which("tar")
-            if found is not None:
-                try:
-                    version = subprocess.run(
-                        [found, "--version"], capture_output=True, text=True, timeout=10
-                    ).stdout
-                except (OSError, subprocess.SubprocessError):
-                    version = ""
-                found = found if "GNU tar" in version else None
-            _GNU_TAR.append(found)
-        return _GNU_TAR[0]
+def _extract_share(
+    packages: Sequence[_Package],
+    staging: Path,
+    symlinks: frozenset[str],
+    then: Callable[[_Package], object],
+) -> None:
+    buffer = bytearray(WINDOW)
+    for package in packages:
+        _extract_one(package, staging, symlinks, buffer)
+        then(package)
 
 
-def _extract_with_gnu_tar(packages: Sequence[_Package], staging: Path) -> None:
-    tar = _gnu_tar()
-    assert tar is not None
-    command = [tar, "-x", "--ignore-zeros", "--no-same-owner", "-f", "-", "-C", str(staging)]
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert process.stdin is not None and process.stderr is not None
-    errors: list[bytes] = []
-    reader = threading.Thread(target=lambda: errors.append(process.stderr.read()))  # type: ignore[union-attr]
-    reader.start()
+def _extract_one(
+    package: _Package, staging: Path, symlinks: frozenset[str], buffer: bytearray
+) -> None:
+    with _mapped(package.archive) as archive:
+        _check_digest(package.archive, archive)
+        if package.payload_at is None:
+            _extract_with_tarfile([package], staging)
+            return
+        offset, size = package.payload_at
+        try:
+            extract_payload(
+                archive[offset : offset + size],
+                str(staging),
+                declared_symlinks=_symlinks([package]),
+                all_symlinks=symlinks,
+                buffer=buffer,
+            )
+        except UnusualMember:
+            _remove_files(staging, package)
+            _extract_with_tarfile([package], staging)  # its checks and errors, slowly
+        except zstandard.ZstdError as error:
+            raise PackError(
+                f"{package.record.file_name} cannot be decompressed ({error})",
+                "re-create the pack, or re-download the package",
+            ) from error
+
+
+@contextmanager
+def _mapped(archive: Archive) -> Iterator[memoryview]:
+    """The archive's bytes, mapped: hashed and decompressed where they lie, never copied."""
+    if isinstance(archive, ArchiveSlice):
+        path, offset, size = archive.pack, archive.offset, archive.size
+    else:
+        path, offset, size = archive, 0, archive.stat().st_size
+    with path.open("rb") as source:
+        if os.fstat(source.fileno()).st_size < offset + size:
+            raise PackError(f"{archive.name} is cut short", "re-create or re-download the pack")
+        if size == 0:
+            yield memoryview(b"")
+            return
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(
+            source.fileno(), offset + size - start, access=mmap.ACCESS_READ, offset=start
+        )
+    whole = memoryview(mapped)
+    view = whole[offset - start :]
     try:
-        for package in packages:
-            _verify(package.archive)
-            with _payload(package) as raw:
-                zstandard.ZstdDecompressor().copy_stream(
-                    raw, process.stdin, read_size=_CHUNK, write_size=_CHUNK
-                )
-        process.stdin.close()
-    except BrokenPipeError:
-        pass  # tar stopped early; its exit status and message say why
-    except BaseException:
-        process.kill()
-        raise
+        yield view
     finally:
-        code = process.wait()
-        reader.join()
-    if code != 0:
-        lines = b"".join(errors).decode(errors="replace").strip().splitlines()
-        lines = [line for line in lines if "Exiting with failure status" not in line]
-        raise OSError(_errno_from(lines), lines[0] if lines else f"tar exited with {code}")
+        view.release()
+        whole.release()
+        with suppress(BufferError):  # a reader still holds it (an error is on its way up): GC's
+            mapped.close()
 
 
-def _errno_from(lines: list[str]) -> int:
-    import errno
-
-    text = " ".join(lines)
-    for marker, code in (
-        ("No space left on device", errno.ENOSPC),
-        ("Permission denied", errno.EACCES),
-        ("Read-only file system", errno.EROFS),
-        ("Disk quota exceeded", errno.EDQUOT),
-    ):
-        if marker in text:
-            return code
-    return errno.EIO
+def _check_digest(archive: Archive, data: memoryview) -> None:
+    if not isinstance(archive, ArchiveSlice) or archive.sha256 is None:
+        return  # archives in the download cache were checked when they entered it
+    if hashlib.sha256(data).hexdigest() != archive.sha256:
+        raise PackError(
+            f"{archive.name} in {archive.pack.name} is corrupt (sha256 mismatch)",
+            "re-create or re-download the pack",
+        )
 
 
 def _extract_with_tarfile(packages: Sequence[_Package], staging: Path) -> None:
-    """No GNU tar (busybox, minimal images): the same result, more slowly, in Python."""
+    """What `pack.untar` leaves (unusual members): slower, with tarfile's own safety filter.
+    The archives were checked against their sha256 already."""
     for package in packages:
-        _verify(package.archive)
         with _payload_tar(package) as tar:
             tar.extractall(staging, filter="tar")
 

@@ -130,9 +130,8 @@ def lay_out_prefix(
             record.url = url  # the caller's records are left as they were
     if wheels:
         _install_wheels(wheels, staging, final, python_version)
-    _scrub_link_sources(
-        staging, {r.file_name: url for r, url in zip(records, original_urls, strict=True)}
-    )
+    urls = {r.file_name: url for r, url in zip(records, original_urls, strict=True)}
+    _scrub_link_sources(staging, left, urls)  # the direct installer wrote clean records
     # rattler tags the prefix as a cache folder; backup tools honouring CACHEDIR.TAG (borg,
     # restic, `tar --exclude-caches`) would then skip a deployed environment entirely.
     (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
@@ -220,14 +219,17 @@ def _install_wheels(
             ) from error
 
 
-def _scrub_link_sources(prefix: Path, urls: Mapping[str, str]) -> None:
+def _scrub_link_sources(
+    prefix: Path, installed: Sequence[rattler.RepoDataRecord], urls: Mapping[str, str]
+) -> None:
     """conda-meta records the build machine's cache path (link.source, extracted_package_dir)
     and the local archive rattler installed from (url); they mean nothing where the environment
     lands, so drop the paths and put back the lock's URL rather than ship local paths."""
     meta = prefix / "conda-meta"
-    if not meta.is_dir():
-        return
-    for record_file in meta.glob("*.json"):
+    for record in installed:
+        record_file = meta / f"{record.name.normalized}-{record.version}-{record.build}.json"
+        if not record_file.is_file():
+            continue
         data = json.loads(record_file.read_text())
         link = data.get("link")
         if isinstance(link, dict) and "source" in link:
