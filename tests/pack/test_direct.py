@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,14 +21,11 @@ import rattler
 
 from helpers.linking import NAMES, linking_specs
 from pixi_deploy.errors import PackError
-from pixi_deploy.pack import direct
-from pixi_deploy.pack.direct import (
-    ArchiveSlice,
-    DeferredPayload,
-    install_direct,
-    replace_cstrings,
-)
+from pixi_deploy.pack import writers
+from pixi_deploy.pack.archives import ArchiveSlice
+from pixi_deploy.pack.direct import DeferredPayload, install_direct, replace_cstrings
 from pixi_deploy.pack.layout import lay_out_prefix
+from pixi_deploy.pack.untar import UnusualMember
 from pixi_deploy.testing.channel import PackageSpec, build_channel, lock_workspace
 from pixi_deploy.workspace import ResolvedEnvironment, load_workspace
 
@@ -153,9 +151,9 @@ def test_tarfile_extraction_for_unusual_payloads(
     resolved: ResolvedEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def unusual(*args: object, **kwargs: object) -> None:
-        raise direct.UnusualMember("as if every member were unusual")
+        raise UnusualMember("as if every member were unusual")
 
-    monkeypatch.setattr(direct, "extract_payload", unusual)
+    monkeypatch.setattr(writers, "extract_payload", unusual)
     _lay_out(resolved, tmp_path / "by-rattler", Path("/opt/env"))
     _lay_out(resolved, tmp_path / "python", Path("/opt/env"), direct=True)
     assert _tree(tmp_path / "python") == _tree(tmp_path / "by-rattler")
@@ -232,3 +230,42 @@ def test_packages_sharing_a_path_all_go_to_rattler(tmp_path: Path) -> None:
     )
     assert sorted(r.name.normalized for r in done.left) == ["first", "second"]
     assert not (tmp_path / "p" / "share" / "same.txt").exists()
+
+
+def test_files_beneath_another_packages_symlink_all_go_to_rattler(tmp_path: Path) -> None:
+    """Writers make symlinks only at the end, so a package writing through another's symlink
+    is found from paths.json first and the whole environment goes to rattler."""
+    specs = [
+        PackageSpec(
+            name="linker",
+            version="1",
+            files={"lib/real/keep.txt": "real\n"},
+            symlinks={"lib64": "lib/real"},
+        ),
+        PackageSpec(name="through", version="1", files={"lib64/libthrough.txt": "x\n"}),
+    ]
+    build_channel(tmp_path / "ch", specs)
+    lock_workspace(tmp_path / "ws", tmp_path / "ch", {"default": ["linker", "through"]}, [PLATFORM])
+    resolved = load_workspace(tmp_path / "ws" / "pixi.toml").resolve("default", PLATFORM)
+    done = install_direct(
+        list(resolved.conda_records), _archives(resolved), staging=tmp_path / "p", final=tmp_path
+    )
+    assert sorted(r.name.normalized for r in done.left) == ["linker", "through"]
+    assert list((tmp_path / "p").iterdir()) == []  # nothing half-written is left for rattler
+
+
+def test_a_failing_writer_stops_the_install_with_its_error(
+    resolved: ResolvedEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writers, "extract_payload", full)
+    with pytest.raises(OSError, match="No space left"):
+        install_direct(
+            list(resolved.conda_records),
+            _archives(resolved),
+            staging=tmp_path / "p",
+            final=tmp_path,
+        )
+    assert not [t for t in threading.enumerate() if t.name.startswith("pixi-deploy-writer")]

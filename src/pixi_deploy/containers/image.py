@@ -50,7 +50,7 @@ from pixi_deploy.containers.oci_output import (
 from pixi_deploy.containers.reference import Reference, find_credentials, parse_reference
 from pixi_deploy.containers.registry import PushResult, push_image
 from pixi_deploy.errors import ContainerError
-from pixi_deploy.pack.direct import ArchiveSlice
+from pixi_deploy.pack.archives import ArchiveSlice
 from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
 from pixi_deploy.pack.layout import lay_out_prefix
 from pixi_deploy.pack.unpack import extract_verified, records_from_lock

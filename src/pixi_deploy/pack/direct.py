@@ -7,12 +7,13 @@ on a machine with no cache: there it creates every file twice over (cache, then 
 delete the cache again, which made unpack 2.2x ``tar -x`` of the same tree.
 
 So for the common case, a ``.conda`` package that is not ``noarch: python``, this module writes
-the payload tar straight into the prefix (`pack.untar`, reading the archive where it lies, mapped
-into memory), patches the files that carry a prefix placeholder, and writes
-``conda-meta/<pkg>.json`` as rattler would. Everything else (``.tar.bz2``, ``noarch: python`` with its site-packages remapping and entry
-points, packages whose paths overlap another's, shebangs that would outgrow the kernel's limit) is
-handed back to the caller for ``rattler.install``, which sees the packages installed here as
-already present. The archives must already be verified against the lock.
+the payload tar straight into the prefix (`pack.writers` and `pack.untar`: the archive is read
+where it lies, mapped into memory), patches the files that carry a prefix placeholder, and
+writes ``conda-meta/<pkg>.json`` as rattler would. Everything else (``.tar.bz2``, ``noarch:
+python`` with its site-packages remapping and entry points, packages whose paths overlap
+another's, shebangs that would outgrow the kernel's limit) is handed back to the caller for
+``rattler.install``, which sees the packages installed here as already present. The archives
+must already be verified against the lock.
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import mmap
 import os
 import shutil
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -36,94 +36,13 @@ import rattler
 import zstandard
 
 from pixi_deploy.errors import PackError
-from pixi_deploy.pack.untar import WINDOW, UnusualMember, extract_payload, read_members
+from pixi_deploy.pack.archives import Archive, ArchiveSlice, archive_size, open_archive
+from pixi_deploy.pack.untar import UnusualMember, read_members
+from pixi_deploy.pack.writers import PackageWriters
 
 #: Linux refuses to exec a script whose ``#!`` line is longer than this.
 MAX_SHEBANG = 127
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class ArchiveSlice:
-    """An archive read in place from inside an uncompressed pack: no copy on the way in."""
-
-    pack: Path
-    offset: int
-    size: int
-    name: str
-    sha256: str | None = None  # expected; checked by `verify` right before the bytes are used
-
-    def open(self) -> BinaryIO:
-        return io.BufferedReader(_Slice(self.pack, self.offset, self.size), _CHUNK)
-
-    def verify(self) -> None:
-        """Checked where the bytes are about to be used (then they are in the page cache for
-        the extraction that follows), rather than in a separate pass over the whole pack."""
-        if self.sha256 is None:
-            return
-        with self.open() as source:
-            digest = hashlib.file_digest(source, "sha256").hexdigest()  # type: ignore[arg-type]
-        if digest != self.sha256:
-            raise PackError(
-                f"{self.name} in {self.pack.name} is corrupt (sha256 mismatch)",
-                "re-create or re-download the pack",
-            )
-
-    def copy_to(self, folder: Path) -> Path:
-        self.verify()
-        folder.mkdir(parents=True, exist_ok=True)
-        dest = folder / self.name
-        with self.open() as source, dest.open("wb") as out:
-            shutil.copyfileobj(source, out, _CHUNK)
-        return dest
-
-
-Archive = Path | ArchiveSlice
-
-
-class _Slice(io.RawIOBase):
-    """``size`` bytes at ``offset`` of a file, seekable, read with ``pread``."""
-
-    def __init__(self, path: Path, offset: int, size: int) -> None:
-        self._fd = os.open(path, os.O_RDONLY)
-        self._offset, self._size, self._pos = offset, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        want = min(len(view), self._size - self._pos)
-        if want <= 0:
-            return 0
-        data = os.pread(self._fd, want, self._offset + self._pos)
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-        super().close()
-
-
-def open_archive(archive: Archive) -> BinaryIO:
-    return archive.open() if isinstance(archive, ArchiveSlice) else archive.open("rb")
-
-
-def archive_size(archive: Archive) -> int:
-    return archive.size if isinstance(archive, ArchiveSlice) else archive.stat().st_size
 
 
 @dataclass
@@ -133,6 +52,10 @@ class _Package:
     payload_member: str
     paths: list[dict[str, Any]]
     payload_at: tuple[int, int] | None  # (offset, size) in the archive; None if zip-compressed
+
+    @cached_property
+    def symlinks(self) -> frozenset[str]:
+        return frozenset(e["_path"] for e in self.paths if e.get("path_type") == "softlink")
 
 
 @dataclass(frozen=True)
@@ -168,35 +91,61 @@ def install_direct(
     """Install into ``staging`` (made for ``final``) what can be installed directly; the rest is
     left for rattler. ``defer_payloads`` writes only what differs per prefix (see
     `DeferredPayload`) and returns where each package's payload lies."""
-    with ThreadPoolExecutor(max(1, workers)) as pool:  # paths.json of every package, first
-        read = list(pool.map(lambda r: _read_package_checked(r, archives[r.file_name]), records))
+    if not defer_payloads:
+        return _install_written(records, archives, staging, final, workers)
     direct: list[_Package] = []
     left: list[rattler.RepoDataRecord] = []
-    for record, package in zip(records, read, strict=True):
-        deferrable = package is not None and package.payload_at is not None
-        if defer_payloads and package is not None and not deferrable:
-            package = None
-        if package is None:
+    for record in records:
+        package = _read_package_checked(record, archives[record.file_name])
+        if package is None or package.payload_at is None or not isinstance(package.archive, Path):
             left.append(record)
         else:
             direct.append(package)
-    if _overlapping(direct):
-        return DirectResult(list(records), [])  # rattler's clobber rules decide: rare
+    if _conflicting(direct):
+        return DirectResult(list(records), [])
     if not direct:
         return DirectResult(left, [])
     staging.mkdir(parents=True, exist_ok=True)
     linker = _Linker(staging, final)
     deferred: list[DeferredPayload] = []
-    if defer_payloads:
-        for package in direct:
-            _extract_members(package, staging, _prefix_specific(package))
-            if linker.link(package):
-                deferred.append(_deferred(package))
-    else:  # each package is linked by the thread that wrote it, as soon as it is written
-        _extract_all(direct, staging, workers, linker.link)
-    left.extend(linker.given_back)
+    for package in direct:
+        _extract_members(package, staging, _prefix_specific(package))
+        if linker.link(package):
+            deferred.append(_deferred(package))
+    return DirectResult(_in_order(left + linker.given_back, records), deferred)
+
+
+def _install_written(
+    records: Sequence[rattler.RepoDataRecord],
+    archives: Mapping[str, Archive],
+    staging: Path,
+    final: Path,
+    workers: int,
+) -> DirectResult:
+    """Every package's payload written here, by `pack.writers` threads, biggest first."""
+    staging.mkdir(parents=True, exist_ok=True)
+    linker = _Linker(staging, final)
+    with PackageWriters(staging, workers, _read_package_checked, linker.link) as writers:
+        for record in sorted(records, key=lambda r: -archive_size(archives[r.file_name])):
+            writers.submit(record, archives[record.file_name])
+        writers.wait()
+        if _conflicting(writers.packages):
+            shutil.rmtree(staging)
+            staging.mkdir()
+            return DirectResult(list(records), [])
+        writers.make_symlinks()
+    for package in writers.unusual:
+        _remove_files(staging, package)
+        _extract_with_tarfile([package], staging)  # tarfile's own checks, slowly
+        linker.link(package)
+    return DirectResult(_in_order(writers.unreadable + linker.given_back, records), [])
+
+
+def _in_order(
+    subset: Sequence[rattler.RepoDataRecord], records: Sequence[rattler.RepoDataRecord]
+) -> list[rattler.RepoDataRecord]:
     order = {id(record): i for i, record in enumerate(records)}
-    return DirectResult(sorted(left, key=lambda record: order[id(record)]), deferred)
+    return sorted(subset, key=lambda record: order[id(record)])
 
 
 class _Linker:
@@ -211,9 +160,12 @@ class _Linker:
         (self.meta / "history").touch()
         self.given_back: list[rattler.RepoDataRecord] = []  # appended to from several threads
 
-    def link(self, package: _Package) -> bool:
+    def link(self, package: _Package, symlinks: Mapping[str, str] | None = None) -> bool:
+        """``symlinks``: the package's symlinks when they are not made yet (path -> target)."""
         try:
-            entries = [_link_entry(self.staging, entry, self.prefix) for entry in package.paths]
+            entries = [
+                _link_entry(self.staging, entry, self.prefix, symlinks) for entry in package.paths
+            ]
         except _LongShebang:
             _remove_files(self.staging, package)  # rattler rewrites such shebangs
             self.given_back.append(package.record)
@@ -362,7 +314,9 @@ def _small_members(raw: IO[bytes], wanted: set[str]) -> dict[str, bytes]:
             return found
 
 
-def _overlapping(packages: Sequence[_Package]) -> bool:
+def _conflicting(packages: Sequence[_Package]) -> bool:
+    """Two packages owning one path, or one with files beneath another's symlink: rare, and
+    rattler's clobber rules decide what then happens, so it gets every package."""
     seen: set[str] = set()
     for package in packages:
         for entry in package.paths:
@@ -370,118 +324,15 @@ def _overlapping(packages: Sequence[_Package]) -> bool:
             if path in seen:
                 return True
             seen.add(path)
+    symlinks = {path for package in packages for path in package.symlinks}
+    if not symlinks:
+        return False
+    parents = {path.rpartition("/")[0] for path in seen}
+    while parents:
+        if parents & symlinks:
+            return True
+        parents = {parent.rpartition("/")[0] for parent in parents} - {""}
     return False
-
-
-# --------------------------------------------------------------------------------------------
-# Extraction: a few threads, each writing whole packages with `pack.untar`
-# --------------------------------------------------------------------------------------------
-
-
-def _extract_all(
-    packages: Sequence[_Package],
-    staging: Path,
-    workers: int,
-    then: Callable[[_Package], object],
-) -> None:
-    shares: list[list[_Package]] = [[] for _ in range(max(1, workers))]
-    loads = [0] * len(shares)
-    for package in sorted(packages, key=lambda p: -archive_size(p.archive)):
-        i = loads.index(min(loads))  # biggest first onto the least loaded worker
-        shares[i].append(package)
-        loads[i] += archive_size(package.archive)
-    # parents first, so no two threads race to create one folder
-    folders = {os.path.dirname(e["_path"]) for p in packages for e in p.paths}
-    for folder in sorted(folders):
-        (staging / folder).mkdir(parents=True, exist_ok=True)
-    symlinks = frozenset(_symlinks(packages))
-    with ThreadPoolExecutor(len(shares)) as pool:
-        jobs = [
-            pool.submit(_extract_share, share, staging, symlinks, then) for share in shares if share
-        ]
-        for job in jobs:
-            job.result()
-
-
-def _symlinks(packages: Sequence[_Package]) -> set[str]:
-    return {e["_path"] for p in packages for e in p.paths if e.get("path_type") == "softlink"}
-
-
-def _extract_share(
-    packages: Sequence[_Package],
-    staging: Path,
-    symlinks: frozenset[str],
-    then: Callable[[_Package], object],
-) -> None:
-    buffer = bytearray(WINDOW)
-    for package in packages:
-        _extract_one(package, staging, symlinks, buffer)
-        then(package)
-
-
-def _extract_one(
-    package: _Package, staging: Path, symlinks: frozenset[str], buffer: bytearray
-) -> None:
-    with _mapped(package.archive) as archive:
-        _check_digest(package.archive, archive)
-        if package.payload_at is None:
-            _extract_with_tarfile([package], staging)
-            return
-        offset, size = package.payload_at
-        try:
-            extract_payload(
-                archive[offset : offset + size],
-                str(staging),
-                declared_symlinks=_symlinks([package]),
-                all_symlinks=symlinks,
-                buffer=buffer,
-            )
-        except UnusualMember:
-            _remove_files(staging, package)
-            _extract_with_tarfile([package], staging)  # its checks and errors, slowly
-        except zstandard.ZstdError as error:
-            raise PackError(
-                f"{package.record.file_name} cannot be decompressed ({error})",
-                "re-create the pack, or re-download the package",
-            ) from error
-
-
-@contextmanager
-def _mapped(archive: Archive) -> Iterator[memoryview]:
-    """The archive's bytes, mapped: hashed and decompressed where they lie, never copied."""
-    if isinstance(archive, ArchiveSlice):
-        path, offset, size = archive.pack, archive.offset, archive.size
-    else:
-        path, offset, size = archive, 0, archive.stat().st_size
-    with path.open("rb") as source:
-        if os.fstat(source.fileno()).st_size < offset + size:
-            raise PackError(f"{archive.name} is cut short", "re-create or re-download the pack")
-        if size == 0:
-            yield memoryview(b"")
-            return
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(
-            source.fileno(), offset + size - start, access=mmap.ACCESS_READ, offset=start
-        )
-    whole = memoryview(mapped)
-    view = whole[offset - start :]
-    try:
-        yield view
-    finally:
-        view.release()
-        whole.release()
-        with suppress(BufferError):  # a reader still holds it (an error is on its way up): GC's
-            mapped.close()
-
-
-def _check_digest(archive: Archive, data: memoryview) -> None:
-    if not isinstance(archive, ArchiveSlice) or archive.sha256 is None:
-        return  # archives in the download cache were checked when they entered it
-    if hashlib.sha256(data).hexdigest() != archive.sha256:
-        raise PackError(
-            f"{archive.name} in {archive.pack.name} is corrupt (sha256 mismatch)",
-            "re-create or re-download the pack",
-        )
 
 
 def _extract_with_tarfile(packages: Sequence[_Package], staging: Path) -> None:
@@ -497,7 +348,9 @@ def _extract_with_tarfile(packages: Sequence[_Package], staging: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _link_entry(staging: Path, entry: dict[str, Any], prefix: bytes) -> dict[str, Any]:
+def _link_entry(
+    staging: Path, entry: dict[str, Any], prefix: bytes, symlinks: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The conda-meta paths entry for one file, after patching its placeholder if it has one."""
     out: dict[str, Any] = {
         "_path": entry["_path"],
@@ -507,7 +360,9 @@ def _link_entry(staging: Path, entry: dict[str, Any], prefix: bytes) -> dict[str
         out["sha256"] = entry["sha256"]
     placeholder = entry.get("prefix_placeholder")
     if out["path_type"] == "softlink":  # rattler hashes the link's target, as written
-        target = os.readlink(staging / entry["_path"]).encode()
+        path = entry["_path"]
+        recorded = symlinks.get(path) if symlinks is not None else None
+        target = (recorded if recorded is not None else os.readlink(staging / path)).encode()
         out["sha256_in_prefix"] = hashlib.sha256(target).hexdigest()
     if placeholder:
         data = _patch(staging / entry["_path"], placeholder.encode(), prefix, entry["file_mode"])

@@ -25,7 +25,8 @@ from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 
 from pixi_deploy.errors import PackError, PixiDeployError, StoreError, store_error_from_os
-from pixi_deploy.pack.direct import Archive, ArchiveSlice, DeferredPayload, install_direct
+from pixi_deploy.pack.archives import Archive, ArchiveSlice
+from pixi_deploy.pack.direct import DeferredPayload, install_direct
 from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
 from pixi_deploy.progress import Reporter
 from pixi_deploy.workspace import ResolvedEnvironment

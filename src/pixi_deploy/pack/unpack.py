@@ -26,7 +26,7 @@ import rattler
 import zstandard
 
 from pixi_deploy.errors import PackError, StoreError, store_error_from_os
-from pixi_deploy.pack.direct import Archive, ArchiveSlice
+from pixi_deploy.pack.archives import Archive, ArchiveSlice
 from pixi_deploy.pack.format import LOCK_MEMBER, METADATA_NAME, ZSTD_MAGIC, PackedFile, PackMetadata
 from pixi_deploy.pack.layout import check_environment_path, lay_out_prefix
 from pixi_deploy.progress import NullReporter, Reporter

@@ -48,13 +48,15 @@ def extract_payload(
     declared_symlinks: Collection[str],
     all_symlinks: Collection[str],
     buffer: bytearray,
+    symlinks_out: dict[str, str] | None = None,
 ) -> None:
     """Extract the zstd-compressed tar ``payload`` into the existing folder ``dest``.
 
     ``declared_symlinks``: the package's own symlinks (paths.json); any other symlink member is
     unusual. ``all_symlinks``: every symlink in the prefix being built; nothing may be written
-    beneath one. ``buffer`` is reused across calls (one per thread)."""
-    _Extraction(payload, dest, declared_symlinks, all_symlinks, buffer).run()
+    beneath one. ``buffer`` is reused across calls (one per thread). With ``symlinks_out``,
+    symlinks are recorded there (path -> target) instead of made."""
+    _Extraction(payload, dest, declared_symlinks, all_symlinks, buffer, symlinks_out).run()
 
 
 class _Extraction:
@@ -65,7 +67,9 @@ class _Extraction:
         declared_symlinks: Collection[str],
         all_symlinks: Collection[str],
         buffer: bytearray,
+        symlinks_out: dict[str, str] | None = None,
     ) -> None:
+        self.symlinks_out = symlinks_out
         self.reader = zstandard.ZstdDecompressor().stream_reader(payload, read_size=WINDOW)
         self.dest = dest
         self.declared = declared_symlinks
@@ -164,8 +168,13 @@ class _Extraction:
             elif kind == _SYMLINK:
                 if name not in self.declared:
                     raise UnusualMember(f"{name} is a symlink that paths.json does not declare")
-                _replace(path, functools.partial(os.symlink, link))
+                if self.symlinks_out is not None:
+                    self.symlinks_out[name] = link
+                else:
+                    _replace(path, functools.partial(os.symlink, link))
             elif kind == _HARDLINK:
+                if self.symlinks_out is not None and _safe_name(link) in self.symlinks_out:
+                    raise UnusualMember(f"{name} is a hard link to a symlink")
                 self._check_parents(_safe_name(link))
                 _replace(path, functools.partial(os.link, f"{self.dest}/{_safe_name(link)}"))
             else:
