@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import tarfile
 from pathlib import Path
 from typing import BinaryIO
@@ -63,6 +64,11 @@ class TarWriter:
     def add_dir(self, name: str, mode: int = 0o755) -> None:
         self._write(_header(name.rstrip("/") + "/", tarfile.DIRTYPE, 0, mode))
 
+    def add_hardlink(self, name: str, target: str) -> None:
+        """``name`` as another name of the member ``target``, written earlier in the same
+        stream (or already on disk where the stream is extracted)."""
+        self._write(hardlink_header(name, target))
+
     def add_symlink(self, name: str, target: str) -> None:
         info = tarfile.TarInfo(name)
         info.type = tarfile.SYMTYPE
@@ -82,6 +88,28 @@ class TarWriter:
         pad = -size % BLOCK
         if pad:
             self._write(b"\0" * pad)
+
+
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
+
+
+def hardlink_header(name: str, target: str) -> bytes:
+    """A hard-link member's header, built directly: ``tarfile`` takes ~40 us per header, and a
+    deploy writes one per shared file of every package (tens of thousands). Names that do not
+    fit a ustar header go through ``tarfile`` (pax)."""
+    raw_name, raw_target = name.encode(), target.encode()
+    prefix, _, short = raw_name.rpartition(b"/") if len(raw_name) > 100 else (b"", b"", raw_name)
+    if len(short) > 100 or len(prefix) > 155 or len(raw_target) > 100 or not short:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname, info.mode = tarfile.LNKTYPE, target, 0o644
+        return _finish(info)
+    fields = [
+        short, b"0000644", b"0000000", b"0000000", b"00000000000", b"00000000000", b" " * 8,
+        tarfile.LNKTYPE, raw_target, b"ustar", b"00", b"", b"", b"", b"", prefix,
+    ]  # fmt: skip
+    header = bytearray(_USTAR.pack(*fields))
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
 
 
 def _header(name: str, kind: bytes, size: int, mode: int) -> bytes:

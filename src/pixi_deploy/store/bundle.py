@@ -178,6 +178,9 @@ class ChunkedWriter:
         self._buffer = bytearray()
 
     def write(self, data: bytes) -> int:
+        if not self._buffer and len(data) >= STREAM_CHUNK:
+            self._send(bytes(data))  # a big chunk goes as it is: no copy through the buffer
+            return len(data)
         self._buffer += data
         if len(self._buffer) >= STREAM_CHUNK:
             self.flush()

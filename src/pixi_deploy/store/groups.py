@@ -93,12 +93,14 @@ def plan(prefix: Path, final_prefix: str, shipped_raw: Collection[str] = ()) -> 
         group = Group(record_file.stem)
         portable = True
         for entry in record.get("paths_data", {}).get("paths", []):
-            rel = entry["_path"]
-            path = prefix / rel
             if entry.get("path_type", "hardlink") != "hardlink" or "prefix_placeholder" in entry:
                 portable = False
                 continue  # embeds the prefix (or is a link): environment part, found by the walk
-            if raw or not path.is_file() or path.is_symlink():
+            if raw:
+                continue  # its bulk travels as the package's payload
+            rel = entry["_path"]
+            path = prefix / rel
+            if not path.is_file() or path.is_symlink():
                 continue
             info = path.stat()
             file = FileEntry(rel, info.st_size, entry["sha256"], _mode(info.st_mode))

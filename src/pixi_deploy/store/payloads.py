@@ -10,13 +10,14 @@ before (`pack.direct` with ``defer_payloads``) and travel in the environment par
 overrides the raw copies when the environment is assembled.
 
 The stream is the packages' own zstd frames back to back, each followed by a small frame of our
-own: a tar holding ``.pd-staged/<key>``, the list of the package's files that are the same under
-every prefix. zstd decompresses concatenated frames as one stream and GNU tar with
-``--ignore-zeros`` reads concatenated tars as one archive, so the cluster runs one ``zstd -d |
-tar -x`` for the whole environment, straight into its staging folder, as ``tar -x`` of a
-finished tree would be (per-package processes cost more than the unpacking itself). The marker
-says the package arrived whole, so a dropped connection resumes per package; the list tells the
-cluster which files to hard-link into the package's object for later environments.
+own: a tar of hard-link members ``.pd-objects/<key>/<path>``, one for each of the package's
+files that are the same under every prefix, then the empty marker ``.pd-staged/<key>``. zstd
+decompresses concatenated frames as one stream and GNU tar with ``--ignore-zeros`` reads
+concatenated tars as one archive, so the cluster runs one ``zstd -d | tar -x`` for the whole
+environment, straight into its staging folder, as ``tar -x`` of a finished tree would be; and
+that same ``tar`` makes each package's object (the hard links that later environments reuse),
+which cost three processes per package when a shell loop made them. The marker says the package
+and its object arrived whole, so a dropped connection resumes per package.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from pixi_deploy.store.bundle import ChunkedWriter, Send
 from pixi_deploy.tarwriter import TarWriter
 
 CHUNK = 1 << 20
+#: In the staging folder: each package's object (hard links), and the marker that it is whole.
+OBJECTS, STAGED = ".pd-objects", ".pd-staged"
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,11 @@ def stream_payloads(
 
 
 def _marker(group: PayloadGroup) -> bytes:
-    listing = "".join(f"{path}\n" for path in group.payload.shared_files).encode()
     buffer = io.BytesIO()
     tar = TarWriter(buffer, use_sendfile=False)
-    tar.add_bytes(f".pd-staged/{group.key}", listing)
+    tar.add_dir(f"{OBJECTS}/{group.key}")  # an object even when every file embeds the prefix
+    for path in group.payload.shared_files:
+        tar.add_hardlink(f"{OBJECTS}/{group.key}/{path}", path)
+    tar.add_bytes(f"{STAGED}/{group.key}", b"")
     tar.close()
     return zstandard.ZstdCompressor(level=1).compress(buffer.getvalue())

@@ -1,10 +1,9 @@
 """The POSIX sh that runs on the edge node. Paths and keys always arrive as "$1" "$2" ...
 (quoted by the transport), never pasted into the script text.
 
-The cluster needs only sh, tar, cp (-al), mv, mkdir, cat, find and flock (util-linux), which
-every Linux login node has. Shipping conda payloads as they are also takes GNU tar and zstd (the
-probe checks both) and GNU xargs (without it a payload's object is not kept, so a later deploy
-sends that package again; the environment itself is complete either way).
+The cluster needs only sh, tar, cp (-al, --remove-destination), mv, mkdir, cat, find and flock
+(GNU coreutils and util-linux), which every Linux login node has. Shipping conda payloads as
+they are also takes GNU tar and zstd (the probe checks both).
 """
 
 # uname + any already-deployed candidate: the one round trip of a no-op redeploy.
@@ -64,8 +63,9 @@ if [ "$3" = zstd ]; then zstd -dcq | tar -xf - -C "$inc"; else tar -xf - -C "$in
 # Receive conda payloads as they are (store/payloads.py): one zstd stream (the packages' own
 # frames, back to back) of tars, unpacked by ONE zstd and ONE tar straight into the
 # environment's pre-stage, as `tar -x` of a finished tree would be. After each package comes a
-# small tar holding .pd-staged/<key>, the list of its shared files: the marker that it arrived
-# whole (a dropped connection resumes from there) and what FINALIZE links into its object.
+# small tar of hard links, .pd-objects/<key>/<path> -> <path> (its object, for later
+# environments), then the marker .pd-staged/<key>: it arrived whole (a dropped connection
+# resumes from there).
 # $1 = base, $2 = key
 RECEIVE_PAYLOADS = r"""
 set -eu
@@ -85,30 +85,15 @@ for stale in "$base/envs/.$key.staging-"*; do [ -e "$stale" ] && rm -rf "$stale"
 stage=$(mktemp -d "$base/envs/.$key.staging-XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 # claim the pre-stage RECEIVE_PAYLOADS filled (one rename, so only one finalize ever uses it);
-# its .pd-staged/ names the groups already linked into it
+# its .pd-staged/ names the packages unpacked into it, its .pd-objects/ holds their objects
 if [ -d "$inc/stage" ]; then
   rmdir "$stage"
   mv -T "$inc/stage" "$stage" 2>/dev/null || mkdir "$stage"
 fi
-# payloads unpacked into the pre-stage become objects: hard links of their shared files (a
-# package whose listed files are not all there gets no object, and is simply sent again later)
-# (three processes per package: this loop runs once per package of the environment)
-if [ -d "$stage/.pd-staged" ]; then
-  cd "$stage"
-  for list in .pd-staged/*; do
-    [ -f "$list" ] || continue
-    k=${list##*/}
-    [ -d "$base/objects/$k" ] && continue
-    tmp="$base/objects/.$k.tmp.$$"
-    if [ -e "$tmp" ]; then rm -rf "$tmp"; fi
-    mkdir "$tmp"
-    if xargs -d '\n' -r -a "$list" cp -al --parents -t "$tmp"; then
-      mv -T "$tmp" "$base/objects/$k" 2>/dev/null || rm -rf "$tmp"
-    else
-      rm -rf "$tmp"
-    fi
-  done
-  cd /
+if [ -d "$stage/.pd-objects" ]; then
+  # one process for all: an object a concurrent deploy made already stays as it is
+  mv -t "$base/objects" "$stage/.pd-objects"/* 2>/dev/null || :
+  rm -rf "$stage/.pd-objects"
 fi
 for done in "$inc"/groups/*.done; do
   [ -e "$done" ] || continue
@@ -124,10 +109,9 @@ done
 shift "$n"
 if [ $# -gt 0 ]; then cp -al "$@" "$stage/"; fi
 rm -rf "$stage/.pd-staged"
-# the environment part wins over a payload's raw copy (prefix patched): unlink that copy first,
-# or cp would write through the hard link into the shared object
-(cd "$inc/env" && find . ! -type d -print) | while IFS= read -r f; do rm -f "$stage/$f"; done
-cp -a "$inc/env/." "$stage/"
+# the environment part wins over a payload's raw copy (prefix patched); --remove-destination
+# unlinks that copy first, or cp would write through the hard link into the shared object
+cp -a --remove-destination "$inc/env/." "$stage/"
 [ -f "$stage/deployment_metadata.json" ] || { echo "incomplete environment" >&2; exit 4; }
 chmod 755 "$stage"
 if ! mv -T "$stage" "$base/envs/$key" 2>/dev/null; then
