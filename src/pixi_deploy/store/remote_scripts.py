@@ -95,11 +95,18 @@ if [ -d "$stage/.pd-objects" ]; then
   mv -t "$base/objects" "$stage/.pd-objects"/* 2>/dev/null || :
   rm -rf "$stage/.pd-objects"
 fi
-for done in "$inc"/groups/*.done; do
-  [ -e "$done" ] || continue
-  g=${done%.done}; k=${g##*/}
-  [ -d "$base/objects/$k" ] || mv -T "$g" "$base/objects/$k" 2>/dev/null || [ -d "$base/objects/$k" ]
-done
+# groups that arrived whole become objects, all with one mv (a process per group cost 0.4 s
+# for an environment's 240 conda-meta records); one that exists already stays as it is
+if [ -d "$inc/groups" ]; then
+  (
+    cd "$inc/groups"
+    set --
+    for done in *.done; do
+      if [ -e "$done" ]; then set -- "$@" "${done%.done}"; fi
+    done
+    if [ $# -gt 0 ]; then mv -t "$base/objects" "$@" 2>/dev/null || :; fi
+  )
+fi
 n=$#
 for k; do
   [ -e "$stage/.pd-staged/$k" ] && continue  # unpacked into the stage already
