@@ -71,6 +71,7 @@ class DeferredPayload:
     size: int
     installed_bytes: int
     shared_files: tuple[str, ...]  # the payload's files that are the same under every prefix
+    folders: tuple[str, ...] = ()  # every folder the payload's files and links go in
 
 
 @dataclass
@@ -184,7 +185,10 @@ def _deferred(package: _Package) -> DeferredPayload:
         for e in package.paths
         if e.get("path_type", "hardlink") == "hardlink" and e["_path"] not in specific
     )
-    return DeferredPayload(package.record, package.archive, offset, size, installed, shared)
+    folders = tuple(sorted({os.path.dirname(e["_path"]) for e in package.paths} - {""}))
+    return DeferredPayload(
+        package.record, package.archive, offset, size, installed, shared, folders
+    )
 
 
 def _verify(archive: Archive) -> None:

@@ -59,6 +59,31 @@ def payload_groups(deferred: Sequence[DeferredPayload]) -> list[PayloadGroup]:
     return groups
 
 
+def shares(groups: Sequence[PayloadGroup], missing: set[str], n: int) -> list[list[PayloadGroup]]:
+    """The missing payloads in ``n`` streams of about equal size, biggest first: two ``zstd |
+    tar`` on the cluster keep its two cores busier than one (the stream is CPU-bound there)."""
+    out: list[list[PayloadGroup]] = [[] for _ in range(n)]
+    loads = [0] * n
+    for group in sorted((g for g in groups if g.key in missing), key=lambda g: -g.size):
+        i = loads.index(min(loads))
+        out[i].append(group)
+        loads[i] += group.size
+    return [share for share in out if share]
+
+
+def folders(groups: Sequence[PayloadGroup]) -> list[str]:
+    """Made before concurrent streams start: two ``tar -x`` creating one missing folder at once
+    can make one of them fail ("Cannot open: No such file or directory")."""
+    found = {OBJECTS, STAGED}
+    for group in groups:
+        for folder in group.payload.folders:
+            parts = folder.split("/")
+            if folder.startswith("/") or ".." in parts:
+                continue  # tar refuses such members anyway
+            found.add(folder)
+    return sorted(found)
+
+
 def stream_payloads(
     send: Send, groups: Sequence[PayloadGroup], missing: set[str], advance: Callable[[int], None]
 ) -> None:

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,13 @@ from pixi_deploy.store.bundle import stream_bundle
 from pixi_deploy.store.groups import Plan, plan
 from pixi_deploy.store.layout import StoreLayout, check_name
 from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
-from pixi_deploy.store.payloads import PayloadGroup, payload_groups, stream_payloads
+from pixi_deploy.store.payloads import (
+    PayloadGroup,
+    folders,
+    payload_groups,
+    shares,
+    stream_payloads,
+)
 from pixi_deploy.transport import (
     CommandResult,
     ConnectionLostError,
@@ -40,6 +47,8 @@ from pixi_deploy.transport.connection import _PLATFORMS
 from pixi_deploy.workspace import ResolvedEnvironment, Workspace
 
 MAX_ATTEMPTS = 4
+#: Concurrent payload streams (each its own `zstd | tar -x` on the cluster).
+PAYLOAD_STREAMS = 2
 
 
 @dataclass(frozen=True)
@@ -267,13 +276,13 @@ class RemoteStore:
         )
         before = self.transport.stats.bytes_uploaded
         with reporter.task("upload", total) as advance:
-            if raw:
-                self._check(
-                    self.transport.pipe(
-                        ["sh", "-c", sh.RECEIVE_PAYLOADS, "sh", self.base, key],
-                        lambda write: stream_payloads(write, raw, missing, advance),
-                    )
-                )
+            streams = shares(raw, missing, PAYLOAD_STREAMS)
+            if len(streams) > 1:
+                self._run(sh.MAKE_FOLDERS, [self.base, key], input="\n".join(folders(raw)) + "\n")
+            with ThreadPoolExecutor(len(streams) or 1) as pool:
+                jobs = [pool.submit(self._send_payloads, key, share, advance) for share in streams]
+                for job in jobs:
+                    self._check(job.result())
             result = self.transport.pipe(
                 ["sh", "-c", sh.RECEIVE, "sh", self.base, key, compression],
                 lambda write: stream_bundle(
@@ -291,6 +300,14 @@ class RemoteStore:
         )
         reporter.step(f"deployed environment {key} at {prepared.metadata.deployment_path}")
         return prepared.metadata
+
+    def _send_payloads(
+        self, key: str, share: list[PayloadGroup], advance: Callable[[int], None]
+    ) -> CommandResult:
+        return self.transport.pipe(
+            ["sh", "-c", sh.RECEIVE_PAYLOADS, "sh", self.base, key],
+            lambda write: stream_payloads(write, share, {g.key for g in share}, advance),
+        )
 
     def _check(self, result: CommandResult) -> None:
         if result.exit_status != 0:
