@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -88,3 +89,63 @@ def test_raw_payloads_give_the_environment_laid_out_here(
     assert f"#!{final}/bin/python" in tool and TEXT_PLACEHOLDER not in tool
     assert int(links) == 2  # object + environment
     assert "activate.d/libshared.sh" in (local / "activate.sh").read_text()  # and so remotely
+
+
+def test_a_payload_stream_that_breaks_while_laying_out_is_sent_again_afterwards(
+    ssh_settings, test_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The early streams are an optimisation: if one breaks (a dropped connection), what the
+    cluster still lacks is asked for again after the layout, and only that is sent again."""
+    import pixi_deploy.store.remote as remote_module
+    from pixi_deploy.store.payloads import EarlySender, stream_payloads
+
+    class BreakingSender(EarlySender):
+        """One stream sends its first package whole, then drops; the other drops before
+        sending anything, so its package must be sent again after the layout."""
+
+        def __init__(self, start, streams):  # type: ignore[no-untyped-def]
+            def drop(groups):  # type: ignore[no-untyped-def]
+                first = next(iter(groups))
+                with lock:
+                    whole = not opened
+                    opened.append(first.key)
+                if whole:
+                    yield first
+                raise ConnectionError("connection dropped")
+
+            super().__init__(lambda groups: start(drop(groups)), streams)
+            senders.append(self)
+
+    lock = threading.Lock()
+    opened: list[str] = []
+    senders: list[EarlySender] = []
+    streamed: list[str] = []
+
+    def spy(send, groups, advance):  # type: ignore[no-untyped-def]
+        def seen(groups):  # type: ignore[no-untyped-def]
+            for group in groups:
+                streamed.append(group.key)
+                yield group
+
+        stream_payloads(send, seen(groups), advance)
+
+    monkeypatch.setattr(remote_module, "EarlySender", BreakingSender)
+    monkeypatch.setattr(remote_module, "stream_payloads", spy)
+    build_channel(tmp_path / "ch", linking_specs(PLATFORM, interpreter="/usr/bin/python3.11"))
+    lock_workspace(tmp_path / "ws", tmp_path / "ch", {"default": NAMES}, [PLATFORM])
+    ws = load_workspace(tmp_path / "ws")
+    base = f"{test_cluster.base_path}/p-{uuid.uuid4().hex[:8]}"
+    with Transport(ssh_settings) as t:
+        store = RemoteStore(t, base)
+        deployed = store.deploy(ws, cache=DownloadCache(tmp_path / "cache"))
+        sent = store.last_transfer
+        final = deployed.deployment_path
+        tool = t.run([f"{final}/bin/shared-tool"], check=False)
+        incoming = t.run_script('ls -d "$1"/objects/.incoming-* 2>/dev/null || true', [base]).stdout
+    assert [type(f) for s in senders for f in s.failures] == [ConnectionError] * 2
+    assert sent.raw_payloads_sent == 2 and sent.groups_sent == sent.groups_total
+    # the dropped one is sent afterwards (and the other too if it had not reached the cluster)
+    assert set(streamed) == set(opened) and streamed.count(opened[1]) == 1
+    assert tool.exit_status == 0, tool.stderr
+    assert tool.stdout.strip() == final
+    assert incoming.strip() == ""

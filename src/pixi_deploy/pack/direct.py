@@ -25,7 +25,7 @@ import os
 import shutil
 import tarfile
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -88,6 +88,7 @@ def install_direct(
     final: Path,
     workers: int = 2,
     defer_payloads: bool = False,
+    on_deferred: Callable[[DeferredPayload], object] | None = None,
 ) -> DirectResult:
     """Install into ``staging`` (made for ``final``) what can be installed directly; the rest is
     left for rattler. ``defer_payloads`` writes only what differs per prefix (see
@@ -113,6 +114,8 @@ def install_direct(
         _extract_members(package, staging, _prefix_specific(package))
         if linker.link(package):
             deferred.append(_deferred(package))
+            if on_deferred is not None:  # e.g. to start sending it while the rest is laid out
+                on_deferred(deferred[-1])
     return DirectResult(_in_order(left + linker.given_back, records), deferred)
 
 

@@ -16,7 +16,7 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import rattler
@@ -44,6 +44,7 @@ def lay_out_environment(
     final: Path,
     reporter: Reporter,
     defer_payloads: bool = False,
+    on_deferred: Callable[[DeferredPayload], object] | None = None,
 ) -> list[DeferredPayload]:
     """Fetch (or find in the cache) every archive of ``resolved`` and lay it out."""
     artifacts = artifacts_of(resolved)
@@ -60,6 +61,7 @@ def lay_out_environment(
         cache_dir=cache.root / "extracted",
         environment=resolved.name,
         defer_payloads=defer_payloads,
+        on_deferred=on_deferred,
     )
 
 
@@ -95,6 +97,7 @@ def lay_out_prefix(
     environment: str = "default",
     direct: bool = False,
     defer_payloads: bool = False,
+    on_deferred: Callable[[DeferredPayload], object] | None = None,
 ) -> list[DeferredPayload]:
     """Install into ``staging`` an environment meant to live at ``final``.
 
@@ -102,7 +105,8 @@ def lay_out_prefix(
     ``direct`` writes what it can straight into the prefix (`pack.direct`): right when nothing
     keeps ``cache_dir`` afterwards; with a warm, kept cache rattler's hard links are cheaper.
     ``defer_payloads`` leaves out the bulk of what it can and says where it is (the remote
-    store ships those payloads as they are, and the cluster extracts them).
+    store ships those payloads as they are, and the cluster extracts them); ``on_deferred`` is
+    told of each such payload as soon as it is known.
     """
     check_environment_path(final)
     missing = [r.file_name for r in records if r.file_name not in archives]
@@ -113,7 +117,12 @@ def lay_out_prefix(
     try:
         if (direct or defer_payloads) and records:
             done = install_direct(
-                records, archives, staging=staging, final=final, defer_payloads=defer_payloads
+                records,
+                archives,
+                staging=staging,
+                final=final,
+                defer_payloads=defer_payloads,
+                on_deferred=on_deferred,
             )
             left, deferred = done.left, done.deferred
         else:

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import rattler
 import zstandard
 
 from pixi_deploy.pack.direct import DeferredPayload
@@ -48,15 +51,16 @@ class PayloadGroup:
         return self.payload.size
 
 
+def payload_key(record: rattler.RepoDataRecord) -> str:
+    """Keyed by the archive's own checksum: the same package is the same object everywhere (and
+    known before the package is even opened, so its upload can start early)."""
+    checksum = record.sha256 or record.md5
+    identity = checksum.hex() if checksum else record.file_name
+    return hashlib.sha256(f"conda-payload-v2\0{identity}".encode()).hexdigest()[:32]
+
+
 def payload_groups(deferred: Sequence[DeferredPayload]) -> list[PayloadGroup]:
-    """Keyed by the archive's own checksum: the same package is the same object everywhere."""
-    groups = []
-    for payload in deferred:
-        checksum = payload.record.sha256 or payload.record.md5
-        identity = checksum.hex() if checksum else payload.record.file_name
-        digest = hashlib.sha256(f"conda-payload-v2\0{identity}".encode()).hexdigest()[:32]
-        groups.append(PayloadGroup(digest, payload))
-    return groups
+    return [PayloadGroup(payload_key(payload.record), payload) for payload in deferred]
 
 
 def shares(groups: Sequence[PayloadGroup], missing: set[str], n: int) -> list[list[PayloadGroup]]:
@@ -71,27 +75,14 @@ def shares(groups: Sequence[PayloadGroup], missing: set[str], n: int) -> list[li
     return [share for share in out if share]
 
 
-def folders(groups: Sequence[PayloadGroup]) -> list[str]:
-    """Made before concurrent streams start: two ``tar -x`` creating one missing folder at once
-    can make one of them fail ("Cannot open: No such file or directory")."""
-    found = {OBJECTS, STAGED}
-    for group in groups:
-        for folder in group.payload.folders:
-            parts = folder.split("/")
-            if folder.startswith("/") or ".." in parts:
-                continue  # tar refuses such members anyway
-            found.add(folder)
-    return sorted(found)
-
-
 def stream_payloads(
-    send: Send, groups: Sequence[PayloadGroup], missing: set[str], advance: Callable[[int], None]
+    send: Send, groups: Iterable[PayloadGroup], advance: Callable[[int], None]
 ) -> None:
+    """``groups`` may be a generator: packages are sent as they are laid out."""
     sink = ChunkedWriter(send)
     for group in groups:
-        if group.key not in missing:
-            continue
         p = group.payload
+        sink.write(_folders(p))
         with p.archive.open("rb") as source:
             source.seek(p.offset)
             remaining = p.size
@@ -104,6 +95,64 @@ def stream_payloads(
         sink.write(_marker(group))
         advance(p.size)
     sink.flush()
+
+
+class EarlySender:
+    """Sends payloads while the environment is still being laid out: each of ``streams``
+    threads opens its stream when it takes its first package and then takes the next as they
+    come, so the upload starts a fraction of a second into the deploy rather than after the
+    layout. A stream that fails is left alone: the deploy asks the cluster again afterwards
+    what it lacks, and sends that."""
+
+    def __init__(self, start: Callable[[Iterable[PayloadGroup]], object], streams: int) -> None:
+        self._start = start
+        self._queue: queue.Queue[PayloadGroup | None] = queue.Queue()
+        self.failures: list[BaseException] = []
+        self._threads = [threading.Thread(target=self._stream, daemon=True) for _ in range(streams)]
+        for thread in self._threads:
+            thread.start()
+
+    def add(self, group: PayloadGroup) -> None:
+        self._queue.put(group)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _stream(self) -> None:
+        first = self._queue.get()
+        if first is None:
+            return  # an empty stream would be an error on the cluster ("not a tar archive")
+
+        def groups() -> Iterator[PayloadGroup]:
+            yield first
+            while (group := self._queue.get()) is not None:
+                yield group
+
+        try:
+            self._start(groups())
+        except BaseException as error:  # the deploy's own send after the layout covers it
+            self.failures.append(error)
+
+
+def _folders(payload: DeferredPayload) -> bytes:
+    """Folder members ahead of the payload: with two streams, two ``tar -x`` making one missing
+    parent folder at once can make one of them fail ("Cannot open: No such file or
+    directory"), while a folder member that finds its folder there already is fine."""
+    wanted: set[str] = {OBJECTS, STAGED}  # the marker's parents: both streams write there
+    for folder in payload.folders:
+        parts = folder.split("/")
+        if folder.startswith("/") or ".." in parts:
+            continue  # tar refuses such members anyway
+        wanted.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    buffer = io.BytesIO()
+    tar = TarWriter(buffer, use_sendfile=False)
+    for folder in sorted(wanted):
+        tar.add_dir(folder)
+    tar.close()
+    return zstandard.ZstdCompressor(level=1).compress(buffer.getvalue())
 
 
 def _marker(group: PayloadGroup) -> bytes:

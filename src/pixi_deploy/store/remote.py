@@ -13,12 +13,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from pixi_deploy.errors import StoreError
+from pixi_deploy.pack.direct import DeferredPayload
 from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import check_environment_path, lay_out_environment
 from pixi_deploy.progress import NullReporter, Reporter
@@ -28,9 +29,10 @@ from pixi_deploy.store.groups import Plan, plan
 from pixi_deploy.store.layout import StoreLayout, check_name
 from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
 from pixi_deploy.store.payloads import (
+    EarlySender,
     PayloadGroup,
-    folders,
     payload_groups,
+    payload_key,
     shares,
     stream_payloads,
 )
@@ -57,6 +59,8 @@ class _Prepared:
     plan: Plan
     metadata: DeploymentMetadata
     payloads: list[PayloadGroup]
+    sent_early: set[str]  # payload keys handed to the early streams while laying out
+    early_bytes: int
 
     @property
     def keys(self) -> list[str]:
@@ -239,23 +243,45 @@ class RemoteStore:
         packed and shipped as they are (store/payloads.py); only what differs per prefix is
         laid out here."""
         prefix = tmp / "prefix"
-        deferred = lay_out_environment(
-            resolved,
-            cache,
-            staging=prefix,
-            final=Path(final),
-            reporter=reporter,
-            defer_payloads=self._remote_zstd
-            and self._remote_gnu_tar
-            and self.raw_payloads is not False,
-        )
+        raw = self._remote_zstd and self._remote_gnu_tar and self.raw_payloads is not False
+        sent_early: set[str] = set()
+        before = self.transport.stats.bytes_uploaded
+        with reporter.task("upload", None) as advance:
+            sender, wanted = self._early_sender(resolved, advance) if raw else (None, set())
+            if wanted:
+                reporter.step(f"uploading {len(wanted)} missing packages while laying out")
+
+            def send_early(payload: DeferredPayload) -> None:
+                key = payload_key(payload.record)
+                if sender is not None and key in wanted and key not in sent_early:
+                    sent_early.add(key)
+                    sender.add(PayloadGroup(key, payload))
+
+            try:
+                deferred = lay_out_environment(
+                    resolved,
+                    cache,
+                    staging=prefix,
+                    final=Path(final),
+                    reporter=reporter,
+                    defer_payloads=raw,
+                    on_deferred=send_early,
+                )
+            finally:
+                if sender is not None:
+                    sender.close()
         metadata = DeploymentMetadata.for_environment(resolved, final, self.target)
         metadata.write(prefix / METADATA_NAME)
         shipped_raw = {
             f"{d.record.name.normalized}-{d.record.version}-{d.record.build}" for d in deferred
         }
         return _Prepared(
-            prefix, plan(prefix, final, shipped_raw), metadata, payload_groups(deferred)
+            prefix,
+            plan(prefix, final, shipped_raw),
+            metadata,
+            payload_groups(deferred),
+            sent_early,
+            self.transport.stats.bytes_uploaded - before,
         )
 
     def _send(
@@ -277,8 +303,6 @@ class RemoteStore:
         before = self.transport.stats.bytes_uploaded
         with reporter.task("upload", total) as advance:
             streams = shares(raw, missing, PAYLOAD_STREAMS)
-            if len(streams) > 1:
-                self._run(sh.MAKE_FOLDERS, [self.base, key], input="\n".join(folders(raw)) + "\n")
             with ThreadPoolExecutor(len(streams) or 1) as pool:
                 jobs = [pool.submit(self._send_payloads, key, share, advance) for share in streams]
                 for job in jobs:
@@ -291,22 +315,40 @@ class RemoteStore:
             )
         self._check(result)
         self._finalize([self.base, key, *keys])
+        raw_sent = len(prepared.sent_early | {p.key for p in raw})
         self.last_transfer = TransferReport(
             len(keys),
-            len(sending) + len(raw),
-            self.transport.stats.bytes_uploaded - before,
+            len(sending) + raw_sent,
+            prepared.early_bytes + self.transport.stats.bytes_uploaded - before,
             prepared.plan.env.size,
-            len(raw),
+            raw_sent,
         )
         reporter.step(f"deployed environment {key} at {prepared.metadata.deployment_path}")
         return prepared.metadata
 
+    def _early_sender(
+        self, resolved: ResolvedEnvironment, advance: Callable[[int], None]
+    ) -> tuple[EarlySender | None, set[str]]:
+        """Payload keys follow from the lock alone, so the cluster can be asked which it lacks
+        before anything is laid out, and those be sent while the rest is (one round trip)."""
+        key = resolved.short_hash
+        candidates = [payload_key(r) for r in resolved.conda_records]
+        listed = self._run(sh.MISSING, [self.base, key], input="\n".join(candidates) + "\n")
+        wanted = set(listed.stdout.split())
+        if not wanted:
+            return None, wanted
+
+        def start(groups: Iterable[PayloadGroup]) -> None:
+            self._check(self._send_payloads(key, groups, advance))
+
+        return EarlySender(start, PAYLOAD_STREAMS), wanted
+
     def _send_payloads(
-        self, key: str, share: list[PayloadGroup], advance: Callable[[int], None]
+        self, key: str, groups: Iterable[PayloadGroup], advance: Callable[[int], None]
     ) -> CommandResult:
         return self.transport.pipe(
             ["sh", "-c", sh.RECEIVE_PAYLOADS, "sh", self.base, key],
-            lambda write: stream_payloads(write, share, {g.key for g in share}, advance),
+            lambda write: stream_payloads(write, groups, advance),
         )
 
     def _check(self, result: CommandResult) -> None:

@@ -74,15 +74,6 @@ mkdir -p "$inc/stage"
 zstd -dcq | tar -x -i -f - -C "$inc/stage"
 """
 
-# Make the folders (one per line on stdin) that concurrent RECEIVE_PAYLOADS streams write into.
-# $1 = base, $2 = key
-MAKE_FOLDERS = r"""
-set -eu
-mkdir -p "$1/objects/.incoming-$2/stage"
-cd "$1/objects/.incoming-$2/stage"
-tr '\n' '\0' | xargs -0 -r mkdir -p
-"""
-
 # Publish received groups, hard-link the environment together beside its final path, rename
 # it into place.  $1 = base, $2 = key, then the environment's group keys.
 FINALIZE = r"""
