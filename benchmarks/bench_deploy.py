@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,10 +75,22 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=1_000_000_000, help="total package bytes")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the local work folder")
     args = parser.parse_args()
 
     settings = cluster_settings()
     root = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
+    try:
+        return measure(args, settings, root)
+    finally:
+        if args.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)  # ~2 GB: channel, cache, installed trees
+
+
+def measure(args: argparse.Namespace, settings: SSHSettings, root: Path) -> int:
+    """Exit status 1 when a goal is missed."""
     remote_root = f"{settings.base_path}/bench-{uuid.uuid4().hex[:6]}"
     print(
         f"building {args.packages} packages ({args.size / 1e9:.2f} GB) in {root}", file=sys.stderr
@@ -223,9 +236,15 @@ def main() -> int:
         "no-op / ssh round trip": 1.5,
         "one-package bytes / package bytes": 1.05,
     }
+    missed = [key for key, goal in goals.items() if ratios[key] > goal]
     if args.json:
-        print(json.dumps({"results": results, "ratios": ratios, "cold_rounds": rounds}, indent=2))
-        return 0
+        print(
+            json.dumps(
+                {"results": results, "ratios": ratios, "cold_rounds": rounds, "missed": missed},
+                indent=2,
+            )
+        )
+        return 1 if missed else 0
     print(f"\ncold/floor seconds per round: {rounds}")
     print(f"\nenvironment: {args.packages} packages, {installed_bytes / 1e6:.0f} MB installed")
     print(f"{'measurement':42} {'value':>12}")
@@ -237,7 +256,7 @@ def main() -> int:
         goal = goals.get(key)
         verdict = "" if goal is None else (f"<= {goal}  " + ("PASS" if value <= goal else "MISS"))
         print(f"{key:42} {value:8.2f}  {verdict}")
-    return 0
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
