@@ -23,7 +23,12 @@ from helpers.linking import NAMES, linking_specs
 from pixi_deploy.errors import PackError
 from pixi_deploy.pack import writers
 from pixi_deploy.pack.archives import ArchiveSlice
-from pixi_deploy.pack.direct import DeferredPayload, install_direct, replace_cstrings
+from pixi_deploy.pack.direct import (
+    DeferredPayload,
+    DirectResult,
+    install_direct,
+    replace_cstrings,
+)
 from pixi_deploy.pack.layout import lay_out_prefix
 from pixi_deploy.pack.untar import UnusualMember
 from pixi_deploy.testing.channel import PackageSpec, build_channel, lock_workspace
@@ -216,18 +221,24 @@ def test_deferred_payloads_complete_the_staged_prefix(
     assert _meta(tmp_path / "staged") == _meta(tmp_path / "full")
 
 
+def _install_direct_of(specs: list[PackageSpec], tmp_path: Path) -> DirectResult:
+    """Lock ``specs`` and install them all with the direct installer into ``tmp_path/p``."""
+    build_channel(tmp_path / "ch", specs)
+    names = [spec.name for spec in specs]
+    lock_workspace(tmp_path / "ws", tmp_path / "ch", {"default": names}, [PLATFORM])
+    resolved = load_workspace(tmp_path / "ws" / "pixi.toml").resolve("default", PLATFORM)
+    return install_direct(
+        list(resolved.conda_records), _archives(resolved), staging=tmp_path / "p", final=tmp_path
+    )
+
+
 def test_packages_sharing_a_path_all_go_to_rattler(tmp_path: Path) -> None:
     """Two packages owning one path: rattler's clobber rules decide, not the direct path."""
     specs = [
         PackageSpec(name="first", version="1", files={"share/same.txt": "first\n"}),
         PackageSpec(name="second", version="1", files={"share/same.txt": "second\n"}),
     ]
-    build_channel(tmp_path / "ch", specs)
-    lock_workspace(tmp_path / "ws", tmp_path / "ch", {"default": ["first", "second"]}, [PLATFORM])
-    resolved = load_workspace(tmp_path / "ws" / "pixi.toml").resolve("default", PLATFORM)
-    done = install_direct(
-        list(resolved.conda_records), _archives(resolved), staging=tmp_path / "p", final=tmp_path
-    )
+    done = _install_direct_of(specs, tmp_path)
     assert sorted(r.name.normalized for r in done.left) == ["first", "second"]
     assert not (tmp_path / "p" / "share" / "same.txt").exists()
 
@@ -244,12 +255,7 @@ def test_files_beneath_another_packages_symlink_all_go_to_rattler(tmp_path: Path
         ),
         PackageSpec(name="through", version="1", files={"lib64/libthrough.txt": "x\n"}),
     ]
-    build_channel(tmp_path / "ch", specs)
-    lock_workspace(tmp_path / "ws", tmp_path / "ch", {"default": ["linker", "through"]}, [PLATFORM])
-    resolved = load_workspace(tmp_path / "ws" / "pixi.toml").resolve("default", PLATFORM)
-    done = install_direct(
-        list(resolved.conda_records), _archives(resolved), staging=tmp_path / "p", final=tmp_path
-    )
+    done = _install_direct_of(specs, tmp_path)
     assert sorted(r.name.normalized for r in done.left) == ["linker", "through"]
     assert list((tmp_path / "p").iterdir()) == []  # nothing half-written is left for rattler
 
