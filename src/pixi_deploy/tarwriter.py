@@ -90,7 +90,9 @@ class TarWriter:
             self._write(b"\0" * pad)
 
 
-_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
+#: A ustar header block: name mode uid gid size mtime chksum typeflag linkname magic version
+#: uname gname devmajor devminor prefix, then padding to 512 bytes (read by `pack.untar` too).
+USTAR_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
 
 
 def hardlink_header(name: str, target: str) -> bytes:
@@ -107,7 +109,7 @@ def hardlink_header(name: str, target: str) -> bytes:
         short, b"0000644", b"0000000", b"0000000", b"00000000000", b"00000000000", b" " * 8,
         tarfile.LNKTYPE, raw_target, b"ustar", b"00", b"", b"", b"", b"", prefix,
     ]  # fmt: skip
-    header = bytearray(_USTAR.pack(*fields))
+    header = bytearray(USTAR_HEADER.pack(*fields))
     header[148:156] = b"%06o\0 " % sum(header)
     return bytes(header)
 

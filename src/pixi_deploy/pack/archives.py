@@ -40,10 +40,13 @@ class ArchiveSlice:
         with self.open() as source:
             digest = hashlib.file_digest(source, "sha256").hexdigest()  # type: ignore[arg-type]
         if digest != self.sha256:
-            raise PackError(
-                f"{self.name} in {self.pack.name} is corrupt (sha256 mismatch)",
-                "re-create or re-download the pack",
-            )
+            raise self.corrupt()
+
+    def corrupt(self) -> PackError:
+        return PackError(
+            f"{self.name} in {self.pack.name} is corrupt (sha256 mismatch)",
+            "re-create or re-download the pack",
+        )
 
     def copy_to(self, folder: Path) -> Path:
         self.verify()
@@ -134,7 +137,4 @@ def check_digest(archive: Archive, data: memoryview) -> None:
     if not isinstance(archive, ArchiveSlice) or archive.sha256 is None:
         return  # archives in the download cache were checked when they entered it
     if hashlib.sha256(data).hexdigest() != archive.sha256:
-        raise PackError(
-            f"{archive.name} in {archive.pack.name} is corrupt (sha256 mismatch)",
-            "re-create or re-download the pack",
-        )
+        raise archive.corrupt()

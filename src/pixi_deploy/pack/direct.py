@@ -252,19 +252,13 @@ def _extract_members(package: _Package, staging: Path, wanted: set[str]) -> None
 
 
 @contextmanager
-def _payload(package: _Package) -> Iterator[IO[bytes]]:
-    """The package's payload: the zstd-compressed tar inside the ``.conda``."""
+def _payload_tar(package: _Package) -> Iterator[tarfile.TarFile]:
+    """The package's payload (the zstd-compressed tar inside the ``.conda``), read in order."""
     with (
         open_archive(package.archive) as source,
         zipfile.ZipFile(source) as zf,
         zf.open(package.payload_member) as raw,
     ):
-        yield raw
-
-
-@contextmanager
-def _payload_tar(package: _Package) -> Iterator[tarfile.TarFile]:
-    with _payload(package) as raw:
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK)
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             yield tar

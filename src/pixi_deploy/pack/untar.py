@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import functools
 import os
-import struct
 from collections.abc import Callable, Collection
 
 import zstandard
+
+from pixi_deploy.tarwriter import USTAR_HEADER
 
 BLOCK = 512
 #: Decompressed bytes per read: big enough that the per-call overhead vanishes, small enough to
 #: stay in the CPU's cache between decompression and the write that follows.
 WINDOW = 1 << 20
 
-# name mode uid gid size mtime chksum typeflag linkname magic version uname gname devmajor
-# devminor prefix
-_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s")
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 _FILE, _FILE_OLD, _CONTIGUOUS = b"0", b"\0", b"7"
 _HARDLINK, _SYMLINK, _DIRECTORY = b"1", b"2", b"5"
@@ -121,7 +119,7 @@ class _Extraction:
         pax: dict[str, str] = {}
         long_name = long_link = None
         while self._fill(BLOCK):
-            fields = _HEADER.unpack_from(self.buf, self.pos)
+            fields = USTAR_HEADER.unpack_from(self.buf, self.pos)
             self.pos += BLOCK
             raw_name, raw_mode, _, _, raw_size, raw_mtime, _, kind, raw_link, magic = fields[:10]
             if raw_name[:1] == b"\0":
@@ -223,7 +221,7 @@ def read_members(tar: bytes, wanted: Collection[str]) -> dict[str, bytes]:
     pos, pax, long_name = 0, {}, None
     view = memoryview(tar)
     while pos + BLOCK <= len(tar) and len(found) < len(wanted):
-        fields = _HEADER.unpack_from(tar, pos)
+        fields = USTAR_HEADER.unpack_from(tar, pos)
         pos += BLOCK
         raw_name, _, _, _, raw_size, _, _, kind, _, magic = fields[:10]
         if raw_name[:1] == b"\0":
