@@ -19,6 +19,9 @@ class PixiDeployError(Exception):
         self.hint = hint
         super().__init__(f"{message} ({hint})" if hint else message)
 
+    def __reduce__(self) -> tuple[type[PixiDeployError], tuple[str, str | None]]:
+        return type(self), (self.message, self.hint)  # pickled from worker processes
+
 
 class WorkspaceError(PixiDeployError):
     """The manifest or lock file is missing, unreadable, or lacks what was asked for."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
-import threading
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -88,10 +89,18 @@ def _meta(prefix: Path) -> dict[str, dict[str, object]]:
     return records
 
 
-@pytest.mark.parametrize("final_name", ["env", "x" * 140])
+@pytest.mark.parametrize(
+    ("final_name", "forked"), [("env", True), ("x" * 140, True), ("env", False)]
+)
 def test_direct_layout_equals_rattlers(
-    resolved: ResolvedEnvironment, tmp_path: Path, final_name: str
+    resolved: ResolvedEnvironment,
+    tmp_path: Path,
+    final_name: str,
+    forked: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """``forked=False``: the payloads are written in this process, as where there is no fork."""
+    monkeypatch.setattr(writers, "_CAN_FORK", forked)
     final = Path("/opt/site") / final_name  # the long one pushes shebangs past 127 bytes
     _lay_out(resolved, tmp_path / "by-rattler", final)
     _lay_out(resolved, tmp_path / "direct", final, direct=True)
@@ -260,18 +269,90 @@ def test_files_beneath_another_packages_symlink_all_go_to_rattler(tmp_path: Path
     assert list((tmp_path / "p").iterdir()) == []  # nothing half-written is left for rattler
 
 
+def _children() -> list[int]:
+    """This process's living children (the payload writers are forked)."""
+    found = []
+    for task in Path("/proc/self/task").iterdir():
+        found += [int(pid) for pid in (task / "children").read_text().split()]
+    return [pid for pid in found if Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+
+
+def _install_all(resolved: ResolvedEnvironment, tmp_path: Path) -> DirectResult:
+    return install_direct(
+        list(resolved.conda_records), _archives(resolved), staging=tmp_path / "p", final=tmp_path
+    )
+
+
 def test_a_failing_writer_stops_the_install_with_its_error(
     resolved: ResolvedEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def full(*args: object, **kwargs: object) -> None:
-        raise OSError(28, "No space left on device")
+        raise OSError(28, "No space left on device")  # raised in a forked writer
 
     monkeypatch.setattr(writers, "extract_payload", full)
-    with pytest.raises(OSError, match="No space left"):
-        install_direct(
-            list(resolved.conda_records),
-            _archives(resolved),
-            staging=tmp_path / "p",
-            final=tmp_path,
-        )
-    assert not [t for t in threading.enumerate() if t.name.startswith("pixi-deploy-writer")]
+    before = _children()
+    with pytest.raises(OSError, match="No space left") as raised:
+        _install_all(resolved, tmp_path)
+    assert raised.value.errno == 28  # the caller's ENOSPC handling sees the real error
+    assert _children() == before  # every writer is gone once the error is raised
+
+
+def test_a_writer_killed_mid_install_is_a_clear_error(
+    resolved: ResolvedEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def killed(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)  # the OOM killer, say
+
+    monkeypatch.setattr(writers, "extract_payload", killed)
+    before = _children()
+    with pytest.raises(PackError, match="writer process stopped unexpectedly.*SIGKILL"):
+        _install_all(resolved, tmp_path)
+    assert _children() == before
+
+
+def test_an_error_that_cannot_be_pickled_still_reaches_the_caller(
+    resolved: ResolvedEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class LocalError(Exception):  # a local class: pickle cannot name it
+        pass
+
+    def odd(*args: object, **kwargs: object) -> None:
+        raise LocalError("something odd")
+
+    monkeypatch.setattr(writers, "extract_payload", odd)
+    with pytest.raises(PackError, match="LocalError: something odd"):
+        _install_all(resolved, tmp_path)
+
+
+def test_a_corrupt_slice_keeps_its_message_and_hint_across_the_process_boundary(
+    resolved: ResolvedEnvironment, tmp_path: Path
+) -> None:
+    slices = {
+        name: ArchiveSlice(path, 0, path.stat().st_size, name, "0" * 64)
+        for name, path in _archives(resolved).items()
+    }
+    records = [r for r in resolved.conda_records if r.file_name.endswith(".conda")]
+    with pytest.raises(PackError) as raised:
+        install_direct(records, slices, staging=tmp_path / "p", final=tmp_path)
+    assert raised.value.message.endswith("is corrupt (sha256 mismatch)")
+    assert raised.value.hint == "re-create or re-download the pack"
+
+
+def test_a_payload_that_does_not_decompress_is_a_clear_error(
+    resolved: ResolvedEnvironment, tmp_path: Path
+) -> None:
+    broken: dict[str, Path] = {}
+    for name, path in _archives(resolved).items():
+        broken[name] = tmp_path / name
+        data = bytearray(path.read_bytes())
+        if name.endswith(".conda"):
+            with zipfile.ZipFile(path) as archive:
+                info = next(i for i in archive.infolist() if i.filename.startswith("pkg-"))
+            header = data[info.header_offset : info.header_offset + 30]
+            start = info.header_offset + 30 + int.from_bytes(header[26:28], "little")
+            start += int.from_bytes(header[28:30], "little")
+            data[start : start + 4] = b"oops"  # no longer zstd's magic number
+        broken[name].write_bytes(data)
+    with pytest.raises(PackError, match=r"\.conda cannot be decompressed \(.*\)") as raised:
+        install_direct(list(resolved.conda_records), broken, staging=tmp_path / "p", final=tmp_path)
+    assert raised.value.hint == "re-create the pack, or re-download the package"

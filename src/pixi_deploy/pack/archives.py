@@ -133,8 +133,11 @@ def mapped(archive: Archive) -> Iterator[memoryview]:
             mapped.close()
 
 
-def check_digest(archive: Archive, data: memoryview) -> None:
+def check_digest(archive: Archive, data: memoryview, digest: Any = None) -> None:
+    """``digest``: a fresh sha256 object to use (a forked worker copies one, see `pack.writers`)."""
     if not isinstance(archive, ArchiveSlice) or archive.sha256 is None:
         return  # archives in the download cache were checked when they entered it
-    if hashlib.sha256(data).hexdigest() != archive.sha256:
+    digest = hashlib.sha256() if digest is None else digest
+    digest.update(data)
+    if digest.hexdigest() != archive.sha256:
         raise archive.corrupt()

@@ -16,13 +16,17 @@ raises `UnusualMember` before it is written, and the caller hands the package to
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable, Collection
+from typing import TypeVar
 
 import zstandard
 
 from pixi_deploy.tarwriter import USTAR_HEADER
+
+_T = TypeVar("_T")
 
 BLOCK = 512
 #: Decompressed bytes per read: big enough that the per-call overhead vanishes, small enough to
@@ -190,14 +194,7 @@ class _Extraction:
         self.safe_parents.add(parent)
 
     def _write_file(self, path: str, size: int, mode: int, mtime: float) -> None:
-        try:
-            fd = os.open(path, _WRITE_FLAGS, mode)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(path, _WRITE_FLAGS, mode)
-        except FileExistsError:  # a later member of the same name wins, as in tar
-            os.unlink(path)
-            fd = os.open(path, _WRITE_FLAGS, mode)
+        fd = _replace(path, lambda where: os.open(where, _WRITE_FLAGS, mode))
         try:
             left = size
             while left:
@@ -249,15 +246,24 @@ def read_members(tar: bytes, wanted: Collection[str]) -> dict[str, bytes]:
     return found
 
 
-def _replace(path: str, make: Callable[[str], None]) -> None:
+def _replace(path: str, make: Callable[[str], _T]) -> _T:
+    """``make(path)``, its folder made if missing, in place of what is there (as in tar, a
+    later member of the same name wins). Still there after the unlink: another writer, for a
+    package that owns the same path (rattler then installs them all), made it again."""
     try:
-        make(path)
+        return make(path)
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        make(path)
+        with contextlib.suppress(FileExistsError):
+            return make(path)
     except FileExistsError:
+        pass
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-        make(path)
+    try:
+        return make(path)
+    except FileExistsError:
+        raise UnusualMember(f"{path} is written by another package at the same time") from None
 
 
 def current_umask() -> int:
