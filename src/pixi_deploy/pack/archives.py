@@ -30,7 +30,9 @@ class ArchiveSlice:
     sha256: str | None = None  # expected; checked by `verify` right before the bytes are used
 
     def open(self) -> BinaryIO:
-        return io.BufferedReader(_Slice(self.pack, self.offset, self.size), _CHUNK)
+        # A small buffer: zipfile seeks about the archive, and each seek would refill a big one
+        # (1 MB buffers made reading 300 packages' paths.json copy 1.5 GB). Big reads bypass it.
+        return io.BufferedReader(_Slice(self.pack, self.offset, self.size))
 
     def verify(self) -> None:
         """Checked where the bytes are about to be used (then they are in the page cache for
@@ -86,10 +88,9 @@ class _Slice(io.RawIOBase):
         want = min(len(view), self._size - self._pos)
         if want <= 0:
             return 0
-        data = os.pread(self._fd, want, self._offset + self._pos)
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        got = os.preadv(self._fd, [view[:want]], self._offset + self._pos)
+        self._pos += got
+        return got
 
     def close(self) -> None:
         if not self.closed:

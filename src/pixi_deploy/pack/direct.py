@@ -86,7 +86,7 @@ def install_direct(
     *,
     staging: Path,
     final: Path,
-    workers: int = 2,
+    workers: int | None = None,
     defer_payloads: bool = False,
     on_deferred: Callable[[DeferredPayload], object] | None = None,
 ) -> DirectResult:
@@ -124,9 +124,9 @@ def _install_written(
     archives: Mapping[str, Archive],
     staging: Path,
     final: Path,
-    workers: int,
+    workers: int | None,
 ) -> DirectResult:
-    """Every package's payload written here, by `pack.writers` threads, biggest first."""
+    """Every package's payload written here, by `pack.writers` processes, biggest first."""
     staging.mkdir(parents=True, exist_ok=True)
     linker = _Linker(staging, final)
     with PackageWriters(staging, workers, _read_package_checked, linker.link) as writers:
@@ -162,7 +162,7 @@ class _Linker:
         self.meta = staging / "conda-meta"
         self.meta.mkdir(exist_ok=True)
         (self.meta / "history").touch()
-        self.given_back: list[rattler.RepoDataRecord] = []  # appended to from several threads
+        self.given_back: list[rattler.RepoDataRecord] = []
 
     def link(self, package: _Package, symlinks: Mapping[str, str] | None = None) -> bool:
         """``symlinks``: the package's symlinks when they are not made yet (path -> target)."""

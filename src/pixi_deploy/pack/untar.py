@@ -5,8 +5,7 @@ measure on, piping the decompressed bytes into ``tar -x`` costs 1-2 s of CPU per
 and context switches (more than ``tar -x`` of the finished tree takes in all), and ``tarfile``
 spends tens of microseconds of Python per member. Here zstd decompresses into one reused buffer
 and ``os.write`` takes each file's bytes straight from it: every byte is copied once, into the
-page cache, and the GIL is released for both the decompression and the writes, so two threads
-keep two cores busy.
+page cache. `pack.writers` runs it in forked worker processes, one per core (up to 8).
 
 It handles what conda payloads hold: regular files, directories, symlinks and hard links, with
 ustar, GNU or pax headers (long names included). Anything else, or anything unsafe (an absolute
@@ -56,7 +55,7 @@ def extract_payload(
 
     ``declared_symlinks``: the package's own symlinks (paths.json); any other symlink member is
     unusual. ``all_symlinks``: every symlink in the prefix being built; nothing may be written
-    beneath one. ``buffer`` is reused across calls (one per thread). With ``symlinks_out``,
+    beneath one. ``buffer`` is reused across calls (one per writer). With ``symlinks_out``,
     symlinks are recorded there (path -> target) instead of made."""
     _Extraction(payload, dest, declared_symlinks, all_symlinks, buffer, symlinks_out).run()
 

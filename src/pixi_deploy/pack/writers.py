@@ -58,6 +58,10 @@ Read = Callable[[rattler.RepoDataRecord, Archive], "_Package | None"]
 #: the package was taken back out (for rattler), so its symlinks are not made either.
 Link = Callable[["_Package", Mapping[str, str]], bool]
 
+#: A cap, so that a 128-core login node does not start 128 writers against one file system
+#: (measured only up to 2 cores: the machines here have 2).
+MAX_WORKERS = 8
+
 #: Jobs sent ahead to each worker: one being written, one waiting, so that a worker never idles
 #: while this process reads or links.
 _AHEAD = 2
@@ -80,7 +84,9 @@ _Result = tuple[str, Any]
 class PackageWriters:
     """``with PackageWriters(...) as w: w.submit(...) ...; w.wait(); w.make_symlinks()``."""
 
-    def __init__(self, staging: Path, workers: int, read: Read, link: Link) -> None:
+    def __init__(self, staging: Path, workers: int | None, read: Read, link: Link) -> None:
+        """``workers``: how many payloads are written at once (default: one per usable core, up
+        to `MAX_WORKERS`)."""
         self.staging = staging
         self.read = read
         self.link = link
@@ -91,7 +97,7 @@ class PackageWriters:
         self._todo: deque[tuple[rattler.RepoDataRecord, Archive]] = deque()
         self._workers: list[_Worker] = []
         try:
-            for _ in range(max(1, workers)):
+            for _ in range(max(1, workers or default_workers())):
                 self._workers.append(_start_worker())
         except BaseException:
             self._close(kill=True)
@@ -172,6 +178,15 @@ class PackageWriters:
         for worker in self._workers:
             worker.close(kill=kill)
         self._workers = []
+
+
+def default_workers() -> int:
+    """One per core this process may run on (a Slurm job's or a container's cpuset)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 2
+    return max(1, min(MAX_WORKERS, usable))
 
 
 def _job(package: _Package, staging: Path) -> _Job:
