@@ -267,31 +267,30 @@ class _ForkedWorker(_Worker):
         try:
             return self.connection.recv()
         except (EOFError, OSError):
-            status = self._reap(block=True)
             raise PackError(
-                f"a payload writer process stopped unexpectedly ({_describe(status)})",
+                f"a payload writer process stopped unexpectedly ({_describe(self._reap())})",
                 "check the memory and disk space of this machine, then unpack again",
             ) from None
 
     def close(self, *, kill: bool) -> None:
-        if self.pid is None:
-            return
-        if kill:
-            os.kill(self.pid, signal.SIGKILL)
-        else:
-            with suppress(OSError):
-                self.connection.send(None)
+        if self.pid is not None:
+            if kill:
+                os.kill(self.pid, signal.SIGKILL)
+            else:
+                with suppress(OSError):
+                    self.connection.send(None)
         self.connection.close()
-        self._reap(block=True)
+        self._reap()
 
-    def _reap(self, *, block: bool) -> int | None:
+    def _reap(self) -> int | None:
+        """Its exit status, once it has exited (None: reaped already, here or elsewhere)."""
         if self.pid is None:
             return None
-        pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-        if pid == 0:
+        pid, self.pid = self.pid, None
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:  # the application ignores SIGCHLD: the kernel reaped it
             return None
-        self.pid = None
-        return status
 
 
 def _die_with_parent() -> Callable[[], None]:
