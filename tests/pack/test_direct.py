@@ -14,6 +14,9 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -344,3 +347,31 @@ def test_a_payload_that_does_not_decompress_is_a_clear_error(
     with pytest.raises(PackError, match=r"\.conda cannot be decompressed \(.*\)") as raised:
         install_direct(list(resolved.conda_records), broken, staging=tmp_path / "p", final=tmp_path)
     assert raised.value.hint == "re-create the pack, or re-download the package"
+
+
+def test_a_writer_dies_with_its_parent_even_on_kill_9(tmp_path: Path) -> None:
+    """A writer left running would go on writing into a work folder that a later run may be
+    removing; the kernel kills it with its parent (PR_SET_PDEATHSIG)."""
+    code = (
+        "import sys, time; from pixi_deploy.pack import writers;"
+        "writers._perform = lambda *args: time.sleep(60);"  # a job that takes its time
+        "worker = writers._ForkedWorker(); worker.send('a job');"
+        "print(worker.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    writer = int(parent.stdout.readline())
+    assert _alive(writer)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(writer) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(writer)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
