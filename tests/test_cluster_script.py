@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 import pytest
 
+from helpers.processes import alive
+
 if TYPE_CHECKING:  # fixtures give the objects at run time; never import conftest
     from conftest import ClusterScript, ClusterSettings
 
@@ -212,14 +214,6 @@ def test_sacct(test_cluster: ClusterSettings) -> None:
     assert out == f"{job_id}|COMPLETED|0:0"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
 def test_stop_then_start_again(
     test_cluster: ClusterSettings, cluster_script: ClusterScript
 ) -> None:
@@ -232,13 +226,13 @@ def test_stop_then_start_again(
     run_dir = c.state_dir / "run"
     pids = {p.stem: int(p.read_text()) for p in run_dir.glob("*.pid")}
     assert {"munged", "slurmctld", "slurmd", "sshd"} <= set(pids)
-    assert all(_alive(pid) for pid in pids.values())
+    assert all(alive(pid) for pid in pids.values())
     # a running job is cancelled by stop
     sbatch(c, "--output=/dev/null", wrap="sleep 300")
 
     stop = cluster_script.run("stop")
     assert stop.returncode == 0, stop.stderr
-    left = {name: pid for name, pid in pids.items() if _alive(pid)}
+    left = {name: pid for name, pid in pids.items() if alive(pid)}
     assert not left, f"still running after stop: {left}"
     assert not list(run_dir.glob("*.pid"))
     assert cluster_script.run("status").returncode != 0

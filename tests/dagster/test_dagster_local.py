@@ -1,7 +1,6 @@
 """Mode `local` end to end with real Dagster: Pipes context in, logs/metadata/checks out,
 the payload's traceback on failure, interruption stops the payload. No cluster involved."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from helpers.processes import gone_within
 from pixi_deploy.dagster import (
     BashLauncher,
     ComputeResource,
@@ -119,19 +119,7 @@ def test_interrupted_local_run_stops_the_payload(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    deadline = time.monotonic() + 30
-    while _alive(payload_pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _alive(payload_pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "zombie" not in status.read_text()
+    assert gone_within(payload_pid, 30)
 
 
 def test_format_pipes_exception_keeps_the_cause_chain() -> None:

@@ -16,7 +16,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pytest
 import rattler
 
 from helpers.linking import NAMES, linking_specs
+from helpers.processes import alive, gone_within
 from pixi_deploy.errors import PackError
 from pixi_deploy.pack import writers
 from pixi_deploy.pack.archives import ArchiveSlice
@@ -279,7 +279,7 @@ def _children() -> list[int]:
     found = []
     for task in Path("/proc/self/task").iterdir():
         found += [int(pid) for pid in (task / "children").read_text().split()]
-    return [pid for pid in found if Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+    return [pid for pid in found if alive(pid)]
 
 
 def _install_all(resolved: ResolvedEnvironment, tmp_path: Path) -> DirectResult:
@@ -361,17 +361,7 @@ def test_a_writer_dies_with_its_parent_even_on_kill_9(tmp_path: Path) -> None:
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
     writer = int(parent.stdout.readline())
-    assert _alive(writer)
+    assert alive(writer)
     parent.kill()
     parent.wait()
-    deadline = time.monotonic() + 10
-    while _alive(writer) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(writer)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
+    assert gone_within(writer, 10)  # else it would sleep on for a minute
