@@ -15,6 +15,14 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # the name may hold spaces
 
 
+def children() -> list[int]:
+    """This process's living children."""
+    found = []
+    for task in Path("/proc/self/task").iterdir():
+        found += [int(pid) for pid in (task / "children").read_text().split()]
+    return [pid for pid in found if alive(pid)]
+
+
 def gone_within(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while alive(pid):

@@ -23,7 +23,7 @@ import pytest
 import rattler
 
 from helpers.linking import NAMES, linking_specs
-from helpers.processes import alive, gone_within
+from helpers.processes import alive, children, gone_within
 from pixi_deploy.errors import PackError
 from pixi_deploy.pack import writers
 from pixi_deploy.pack.archives import ArchiveSlice
@@ -241,8 +241,18 @@ def _install_direct_of(specs: list[PackageSpec], tmp_path: Path) -> DirectResult
     names = [spec.name for spec in specs]
     lock_workspace(tmp_path / "ws", tmp_path / "ch", {"default": names}, [PLATFORM])
     resolved = load_workspace(tmp_path / "ws" / "pixi.toml").resolve("default", PLATFORM)
+    return _install_all(resolved, tmp_path)
+
+
+def _install_all(
+    resolved: ResolvedEnvironment, tmp_path: Path, archives: dict[str, Path] | None = None
+) -> DirectResult:
+    """Every record, with the direct installer, into ``tmp_path/p``."""
     return install_direct(
-        list(resolved.conda_records), _archives(resolved), staging=tmp_path / "p", final=tmp_path
+        list(resolved.conda_records),
+        archives or _archives(resolved),
+        staging=tmp_path / "p",
+        final=tmp_path,
     )
 
 
@@ -274,20 +284,6 @@ def test_files_beneath_another_packages_symlink_all_go_to_rattler(tmp_path: Path
     assert list((tmp_path / "p").iterdir()) == []  # nothing half-written is left for rattler
 
 
-def _children() -> list[int]:
-    """This process's living children (the payload writers are forked)."""
-    found = []
-    for task in Path("/proc/self/task").iterdir():
-        found += [int(pid) for pid in (task / "children").read_text().split()]
-    return [pid for pid in found if alive(pid)]
-
-
-def _install_all(resolved: ResolvedEnvironment, tmp_path: Path) -> DirectResult:
-    return install_direct(
-        list(resolved.conda_records), _archives(resolved), staging=tmp_path / "p", final=tmp_path
-    )
-
-
 def test_a_failing_writer_stops_the_install_with_its_error(
     resolved: ResolvedEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -295,11 +291,11 @@ def test_a_failing_writer_stops_the_install_with_its_error(
         raise OSError(28, "No space left on device")  # raised in a forked writer
 
     monkeypatch.setattr(writers, "extract_payload", full)
-    before = _children()
+    before = children()
     with pytest.raises(OSError, match="No space left") as raised:
         _install_all(resolved, tmp_path)
     assert raised.value.errno == 28  # the caller's ENOSPC handling sees the real error
-    assert _children() == before  # every writer is gone once the error is raised
+    assert children() == before  # every writer is gone once the error is raised
 
 
 def test_a_writer_killed_mid_install_is_a_clear_error(
@@ -309,10 +305,10 @@ def test_a_writer_killed_mid_install_is_a_clear_error(
         os.kill(os.getpid(), signal.SIGKILL)  # the OOM killer, say
 
     monkeypatch.setattr(writers, "extract_payload", killed)
-    before = _children()
+    before = children()
     with pytest.raises(PackError, match="writer process stopped unexpectedly.*SIGKILL"):
         _install_all(resolved, tmp_path)
-    assert _children() == before
+    assert children() == before
 
 
 def test_an_error_that_cannot_be_pickled_still_reaches_the_caller(
@@ -345,7 +341,7 @@ def test_a_payload_that_does_not_decompress_is_a_clear_error(
             data[start : start + 4] = b"oops"  # no longer zstd's magic number
         broken[name].write_bytes(data)
     with pytest.raises(PackError, match=r"\.conda cannot be decompressed \(.*\)") as raised:
-        install_direct(list(resolved.conda_records), broken, staging=tmp_path / "p", final=tmp_path)
+        _install_all(resolved, tmp_path, broken)
     assert raised.value.hint == "re-create the pack, or re-download the package"
 
 

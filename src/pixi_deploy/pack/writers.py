@@ -163,11 +163,6 @@ class PackageWriters:
     def _finish(self, package: _Package, result: _Result) -> None:
         outcome, value = result
         if outcome == "failed":
-            if isinstance(value, zstandard.ZstdError):
-                raise PackError(
-                    f"{package.record.file_name} cannot be decompressed ({value})",
-                    "re-create the pack, or re-download the package",
-                ) from value
             raise value
         if outcome == "unusual":
             self.unusual.append(package)  # its partial files are removed before tarfile
@@ -293,6 +288,9 @@ class _ForkedWorker(_Worker):
             return None
 
 
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> Callable[[], None]:
     """What a child calls to be killed when this process dies, even by SIGKILL: it must not
     go on writing into a folder that a later run may be cleaning up (Linux's PR_SET_PDEATHSIG)."""
@@ -301,9 +299,6 @@ def _die_with_parent() -> Callable[[], None]:
     except (OSError, AttributeError):
         return lambda: None
     return functools.partial(prctl, _PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def _ready(workers: list[_Worker]) -> list[_Worker]:
@@ -362,5 +357,13 @@ def _perform(job: _Job, buffer: bytearray, sha256: Any) -> _Result:
             return ("written", symlinks)
     except UnusualMember:
         return ("unusual", None)
+    except zstandard.ZstdError as error:
+        return (
+            "failed",
+            PackError(
+                f"{job.archive.name} cannot be decompressed ({error})",
+                "re-create the pack, or re-download the package",
+            ),
+        )
     except Exception as error:
         return ("failed", error)
