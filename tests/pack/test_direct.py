@@ -361,3 +361,30 @@ def test_a_writer_dies_with_its_parent_even_on_kill_9(tmp_path: Path) -> None:
     parent.kill()
     parent.wait()
     assert gone_within(writer, 10)  # else it would sleep on for a minute
+
+
+def test_when_fork_fails_the_payloads_are_written_here(
+    resolved: ResolvedEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")  # a process ulimit
+
+    _lay_out(resolved, tmp_path / "by-rattler", Path("/opt/env"))
+    before = children()
+    monkeypatch.setattr(os, "fork", no_fork)
+    _lay_out(resolved, tmp_path / "direct", Path("/opt/env"), direct=True)
+    assert _tree(tmp_path / "direct") == _tree(tmp_path / "by-rattler")
+    assert children() == before
+
+
+def test_an_application_that_ignores_sigchld_still_gets_the_environment(
+    resolved: ResolvedEnvironment, tmp_path: Path
+) -> None:
+    """With SIGCHLD ignored the kernel reaps the writers itself, before we can."""
+    _lay_out(resolved, tmp_path / "by-rattler", Path("/opt/env"))
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        _lay_out(resolved, tmp_path / "direct", Path("/opt/env"), direct=True)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert _tree(tmp_path / "direct") == _tree(tmp_path / "by-rattler")
