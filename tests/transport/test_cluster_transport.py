@@ -95,6 +95,45 @@ def test_threads_share_one_connection(transport: Transport) -> None:
     assert transport.stats.commands_run == 24
 
 
+def test_refused_channels_are_asked_again(key_settings: SSHSettings) -> None:
+    """With more channels in flight than sshd's MaxSessions (10), sshd refuses some; each
+    refused command never started, so it is asked for again once a slot frees up."""
+    results: list[str] = []
+    with Transport(key_settings, max_channels=16) as t:
+
+        def work(i: int) -> None:
+            results.append(t.run(["sh", "-c", 'sleep 0.3; echo "$1"', "sh", str(i)]).stdout.strip())
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert sorted(results, key=int) == [str(i) for i in range(16)]
+        assert t.stats.channel_refusals > 0  # the server did refuse, so the retry was exercised
+        assert t.stats.commands_run == 16
+
+
+def test_channel_refusal_that_persists_is_one_clear_error(key_settings: SSHSettings) -> None:
+    with Transport(key_settings, max_channels=16) as t:
+        t._session.refusal_delays = ()
+        errors: list[TransportError] = []
+
+        def work() -> None:
+            try:
+                t.run(["sleep", "0.5"])
+            except TransportError as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=work) for _ in range(14)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert errors, "sshd refused nothing: MaxSessions is above 13 here?"
+    assert all("refused a new SSH channel" in str(e) and "MaxSessions" in str(e) for e in errors)
+
+
 def test_get_transport_from_env_is_shared(ssh_env) -> None:  # type: ignore[no-untyped-def]
     t = get_transport()
     try:

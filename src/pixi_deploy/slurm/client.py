@@ -12,10 +12,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from pixi_deploy.errors import SchedulerError, TransportError
-from pixi_deploy.transport import CommandResult, RemoteCommandError, Transport
+from pixi_deploy.transport import RemoteCommandError, Transport
 
 from . import remote, script, states
 from .job import Job
@@ -63,19 +62,6 @@ class SlurmClient:
             self._probe()
         return bool(self._use_sacct)
 
-    def run_script(self, text: str, args: Sequence[str], **kwargs: Any) -> CommandResult:
-        """transport.run_script, retried when sshd refused the channel (the command never
-        started, so retrying is safe): with many threads, a just-closed channel can still count
-        against sshd's MaxSessions for a moment."""
-        for delay in (0.1, 0.3, 1.0, 2.0):
-            try:
-                return self.transport.run_script(text, args, **kwargs)
-            except TransportError as error:
-                if "refused a new SSH channel" not in str(error):
-                    raise
-                time.sleep(delay)
-        return self.transport.run_script(text, args, **kwargs)
-
     # -- jobs -------------------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> Job:
         """Write the run folder and sbatch the job script; returns at once (see Job.wait)."""
@@ -86,7 +72,7 @@ class SlurmClient:
         data = script.bundle(spec, script.JOB_SCRIPT, text)
         args = [run_dir, spec.environment_path or "", self.base, run_id]
         try:
-            out = self.run_script(remote.SUBMIT, args, input=data).stdout
+            out = self.transport.run_script(remote.SUBMIT, args, input=data).stdout
         except RemoteCommandError as error:
             raise submit_error(error, spec) from error
         job_id = out.strip().splitlines()[-1] if out.strip() else ""
@@ -101,7 +87,7 @@ class SlurmClient:
             raise SchedulerError(
                 f"{job_id!r} is not a Slurm job id", "pass the number sbatch printed"
             )
-        result = self.run_script(remote.REATTACH, [self.base, job_id], check=False)
+        result = self.transport.run_script(remote.REATTACH, [self.base, job_id], check=False)
         lines = result.stdout.splitlines()
         if result.exit_status != 0 or not lines:
             raise SchedulerError(
@@ -123,7 +109,7 @@ class SlurmClient:
         use_sacct = self.use_sacct
         self._probe()
         self.squeue_calls += 1
-        out = self.run_script(
+        out = self.transport.run_script(
             remote.STATES,
             [",".join(ids), states.SQUEUE_FORMAT, "1" if use_sacct else "0", self._jobcomp or ""],
         ).stdout

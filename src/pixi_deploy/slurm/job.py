@@ -68,7 +68,7 @@ class Job:
         return self._read_logs(0)
 
     def _read_logs(self, max_bytes: int, cleanup: bool = False) -> tuple[str, str]:
-        out = self.client.run_script(
+        out = self.client.transport.run_script(
             remote.TAILS, [self.run_dir, str(max_bytes), "1" if cleanup else "0"], check=False
         ).stdout
         stdout: list[str] = []

@@ -36,6 +36,7 @@ class TransportStats:
     bytes_uploaded: int = 0
     reconnects: int = 0
     upload_resumes: int = 0
+    channel_refusals: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ class Session:
         self.settings = settings
         self.stats = TransportStats()
         self.reconnect_delays: Sequence[float] = (0.5, 1.5, 4.0)
+        # sshd frees a session slot a moment after it has closed the channel (it waits for
+        # the command's process to be reaped), so a burst of commands can briefly exceed
+        # MaxSessions even below our own channel limit; such a refusal means the command
+        # never started, which makes waiting and asking again safe.
+        self.refusal_delays: Sequence[float] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
         self._lock = asyncio.Lock()
@@ -144,26 +150,32 @@ class Session:
     async def start_process(
         self, command: str, stdin_devnull: bool
     ) -> asyncssh.SSHClientProcess[bytes]:
-        conn = await self.connection()
-        try:
-            process = await conn.create_process(
-                command,
-                encoding=None,
-                stdin=asyncssh.DEVNULL if stdin_devnull else asyncssh.PIPE,
-            )
-        except LOST as exc:
-            self.drop()
-            raise _NotStarted() from exc
-        except asyncssh.ChannelOpenError as exc:
-            if conn.is_closed():
+        for delay in (*self.refusal_delays, None):
+            conn = await self.connection()
+            try:
+                process = await conn.create_process(
+                    command,
+                    encoding=None,
+                    stdin=asyncssh.DEVNULL if stdin_devnull else asyncssh.PIPE,
+                )
+            except LOST as exc:
                 self.drop()
                 raise _NotStarted() from exc
-            raise TransportError(
-                f"{self.where} refused a new SSH channel: {one_line(exc.reason)}",
-                "lower the number of parallel commands or raise MaxSessions in sshd_config",
-            ) from None
-        self.stats.commands_run += 1
-        return process
+            except asyncssh.ChannelOpenError as exc:
+                if conn.is_closed():
+                    self.drop()
+                    raise _NotStarted() from exc
+                if delay is None:
+                    raise TransportError(
+                        f"{self.where} refused a new SSH channel: {one_line(exc.reason)}",
+                        "lower the number of parallel commands or raise MaxSessions in sshd_config",
+                    ) from None
+                self.stats.channel_refusals += 1
+                await asyncio.sleep(delay)
+                continue
+            self.stats.commands_run += 1
+            return process
+        raise AssertionError("unreachable")
 
     async def run(
         self,
