@@ -102,7 +102,7 @@ def test_refused_channels_are_asked_again(key_settings: SSHSettings) -> None:
     with Transport(key_settings, max_channels=16) as t:
 
         def work(i: int) -> None:
-            results.append(t.run(["sh", "-c", 'sleep 0.3; echo "$1"', "sh", str(i)]).stdout.strip())
+            results.append(t.run(["sh", "-c", 'sleep 1; echo "$1"', "sh", str(i)]).stdout.strip())
 
         threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
         for th in threads:
@@ -121,7 +121,7 @@ def test_channel_refusal_that_persists_is_one_clear_error(key_settings: SSHSetti
 
         def work() -> None:
             try:
-                t.run(["sleep", "0.5"])
+                t.run(["sleep", "2"])
             except TransportError as error:
                 errors.append(error)
 
