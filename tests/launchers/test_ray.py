@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -101,15 +101,8 @@ def test_two_ray_jobs_on_one_node_do_not_collide(ray_env: tuple[SSHSettings, str
     with Transport(settings) as transport:
         client = SlurmClient(transport, env.rsplit("/envs/", 1)[0])
         jobs = [client.submit(_spec(env)) for _ in range(2)]
-        results: list[JobResult] = []
-        threads = [
-            threading.Thread(target=lambda j=j: results.append(j.wait(timeout=300))) for j in jobs
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert len(results) == 2
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda j: j.wait(timeout=300), jobs))
         for result in results:
             _check(result)
         addresses = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -254,19 +255,11 @@ def test_sbatch_rejects_bad_option_clearly(client: SlurmClient) -> None:
 def test_many_jobs_share_one_connection_and_one_poller(transport: Transport, base: str) -> None:
     client = SlurmClient(transport, base, poll_interval=0.5)
     jobs = [client.submit(JobSpec(script=f"echo {i}")) for i in range(8)]
-    results: dict[str, str] = {}
-
-    def wait(job) -> None:
-        results[job.id] = job.wait(timeout=120).stdout_tail.strip()
-
     started = time.monotonic()
-    threads = [threading.Thread(target=wait, args=(j,)) for j in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda j: j.wait(timeout=120).stdout_tail.strip(), jobs))
     elapsed = time.monotonic() - started
-    assert [results[j.id] for j in jobs] == [str(i) for i in range(8)]
+    assert results == [str(i) for i in range(8)]
     assert transport.stats.connections_opened == 1
     # one squeue per interval for all eight, not one per job
     assert client.squeue_calls <= elapsed / 0.5 + 3

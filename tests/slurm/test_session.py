@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pixi_deploy.slurm import JobResources, JobSpec, SlurmClient, SlurmSession
+from pixi_deploy.slurm import JobResources, JobResult, JobSpec, SlurmClient, SlurmSession
 
 pytestmark = pytest.mark.cluster
 
@@ -41,19 +41,15 @@ def test_steps_run_in_one_allocation(client: SlurmClient, demo_env: str) -> None
 
 
 def test_concurrent_steps_are_limited(client: SlurmClient) -> None:
-    results = []
     with SlurmSession(client, JobResources(cpus_per_task=1), max_concurrent_steps=2) as session:
 
-        def step(i: int) -> None:
-            results.append(session.run(JobSpec(script=f"sleep 1; echo {i}")))
+        def step(i: int) -> JobResult:
+            return session.run(JobSpec(script=f"sleep 1; echo {i}"))
 
-        threads = [threading.Thread(target=step, args=(i,)) for i in range(5)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with ThreadPoolExecutor(5) as pool:
+            results = list(pool.map(step, range(5)))
         assert session.peak_concurrent_steps == 2
-    assert sorted(r.stdout_tail for r in results) == [str(i) for i in range(5)]
+    assert [r.stdout_tail for r in results] == [str(i) for i in range(5)]
     assert all(r.ok for r in results)
 
 

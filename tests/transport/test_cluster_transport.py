@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -80,17 +81,12 @@ def test_run_script_multiline(transport: Transport) -> None:
 
 
 def test_threads_share_one_connection(transport: Transport) -> None:
-    results: list[str] = []
+    def work(i: int) -> str:
+        return transport.run(["echo", str(i)]).stdout.strip()
 
-    def work(i: int) -> None:
-        results.append(transport.run(["echo", str(i)]).stdout.strip())
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(results, key=int) == [str(i) for i in range(24)]
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(work, range(24)))
+    assert results == [str(i) for i in range(24)]
     assert transport.stats.connections_opened == 1
     assert transport.stats.commands_run == 24
 
@@ -98,18 +94,14 @@ def test_threads_share_one_connection(transport: Transport) -> None:
 def test_refused_channels_are_asked_again(key_settings: SSHSettings) -> None:
     """With more channels in flight than sshd's MaxSessions (10), sshd refuses some; each
     refused command never started, so it is asked for again once a slot frees up."""
-    results: list[str] = []
     with Transport(key_settings, max_channels=16) as t:
 
-        def work(i: int) -> None:
-            results.append(t.run(["sh", "-c", 'sleep 1; echo "$1"', "sh", str(i)]).stdout.strip())
+        def work(i: int) -> str:
+            return t.run(["sh", "-c", 'sleep 1; echo "$1"', "sh", str(i)]).stdout.strip()
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        assert sorted(results, key=int) == [str(i) for i in range(16)]
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(work, range(16)))
+        assert results == [str(i) for i in range(16)]
         assert t.stats.channel_refusals > 0  # the server did refuse, so the retry was exercised
         assert t.stats.commands_run == 16
 
@@ -117,19 +109,16 @@ def test_refused_channels_are_asked_again(key_settings: SSHSettings) -> None:
 def test_channel_refusal_that_persists_is_one_clear_error(key_settings: SSHSettings) -> None:
     with Transport(key_settings, max_channels=16) as t:
         t._session.refusal_delays = ()
-        errors: list[TransportError] = []
 
-        def work() -> None:
+        def work(_: int) -> TransportError | None:
             try:
                 t.run(["sleep", "2"])
             except TransportError as error:
-                errors.append(error)
+                return error
+            return None
 
-        threads = [threading.Thread(target=work) for _ in range(14)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        with ThreadPoolExecutor(14) as pool:
+            errors = [e for e in pool.map(work, range(14)) if e is not None]
     assert errors, "sshd refused nothing: MaxSessions is above 13 here?"
     assert all("refused a new SSH channel" in str(e) and "MaxSessions" in str(e) for e in errors)
 
