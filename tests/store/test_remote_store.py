@@ -252,9 +252,13 @@ def test_kill_9_at_random_moments_keeps_store_consistent(
         if present:
             assert _env_ok(transport, final), "a present environment must be complete"
     assert False in seen, "at least some kills must land before the deploy completed"
+    staging = tmp_path / "cache" / "staging"
+    for left in staging.glob("deploy-*"):  # what the kills left here, aged past the grace time
+        os.utime(left, (time.time() - 3600,) * 2)
     done = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert _env_ok(transport, final)
+    assert list(staging.iterdir()) == [], "the killed deploys' local staging folders remain"
 
 
 def test_paths_with_spaces_quotes_and_command_substitution(

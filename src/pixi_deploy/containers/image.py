@@ -14,9 +14,7 @@ package: the same archive gives the same layer digest in every build, and layers
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -55,6 +53,7 @@ from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
 from pixi_deploy.pack.layout import lay_out_prefix
 from pixi_deploy.pack.unpack import extract_verified, records_from_lock
 from pixi_deploy.progress import NullReporter, Reporter
+from pixi_deploy.scratch import scratch_folder
 from pixi_deploy.workspace import ResolvedEnvironment
 
 OUTPUTS = ("oci-dir", "oci-archive", "docker-archive")
@@ -220,12 +219,8 @@ def _validate(options: ImageOptions) -> Reference:
     return reference
 
 
-@contextmanager
-def _work(cache: DownloadCache) -> Iterator[Path]:
-    root = cache.root / "oci" / "tmp"
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix="build-") as tmp:
-        yield Path(tmp)
+def _work(cache: DownloadCache) -> AbstractContextManager[Path]:
+    return scratch_folder(cache.root / "oci" / "tmp", "build-")
 
 
 def _copied(archive: Path | ArchiveSlice) -> Path:

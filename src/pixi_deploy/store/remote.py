@@ -10,9 +10,6 @@ of the same environment waits on the lock and then finds it done.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +20,7 @@ from pixi_deploy.pack.direct import DeferredPayload
 from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import check_environment_path, lay_out_environment
 from pixi_deploy.progress import NullReporter, Reporter
+from pixi_deploy.scratch import scratch_folder
 from pixi_deploy.store import remote_scripts as sh
 from pixi_deploy.store.bundle import stream_bundle
 from pixi_deploy.store.groups import Plan, plan
@@ -202,8 +200,7 @@ class RemoteStore:
         """Under the cluster's lock; a dropped connection re-takes it and resumes the transfer."""
         key = resolved.short_hash
         final = self.layout.env(key)
-        tmp = tempfile.mkdtemp(prefix="pixi-deploy-stage-")
-        try:
+        with scratch_folder(cache.root / "staging", "deploy-", remove_in_background=True) as tmp:
             prepared: _Prepared | None = None
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 lock = self.transport.iter_lines(["sh", "-c", sh.LOCK, "sh", self.base, key])
@@ -217,7 +214,7 @@ class RemoteStore:
                         metadata.reused = True
                         return metadata
                     if prepared is None:
-                        prepared = self._prepare(resolved, final, Path(tmp), cache, reporter)
+                        prepared = self._prepare(resolved, final, tmp, cache, reporter)
                     return self._send(resolved, prepared, reporter)
                 except ConnectionLostError:
                     if attempt == MAX_ATTEMPTS:
@@ -225,8 +222,6 @@ class RemoteStore:
                     reporter.step("the connection dropped; reconnecting to resume where it stopped")
                 finally:
                     lock.close()
-        finally:
-            _remove_in_background(Path(tmp))
         raise AssertionError("unreachable")
 
     def _prepare(
@@ -404,12 +399,6 @@ class RemoteStore:
         ]
         removed = self._run(sh.PRUNE, [self.base, *doomed]).stdout.split()
         return [self.layout.env(k) for k in removed]
-
-
-def _remove_in_background(path: Path) -> None:
-    """Deleting thousands of staged files takes seconds on some filesystems; the result is
-    ready before that, so let a (non-daemon) thread do it while the caller goes on."""
-    threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}).start()
 
 
 def _first_line(lines: LineStream, base: str) -> str:

@@ -1,0 +1,94 @@
+"""Scratch folders: removed on exit, and removed by the next user when their owner was killed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from pixi_deploy import scratch
+from pixi_deploy.scratch import prune_abandoned, scratch_folder
+
+
+@contextmanager
+def owner(root: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """Another process holding a scratch folder under ``root`` (with a file in it) until killed."""
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from pixi_deploy.scratch import scratch_folder
+        with scratch_folder(Path({str(root)!r}), "deploy-") as folder:
+            (folder / "half-written").write_bytes(b"x" * 1000)
+            print(folder, flush=True)
+            time.sleep(120)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield proc, Path(proc.stdout.readline().strip())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def age(folder: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(folder, (then, then))
+
+
+def test_removed_on_exit_and_on_error(tmp_path: Path) -> None:
+    with scratch_folder(tmp_path, "deploy-") as folder:
+        (folder / "f").write_text("x")
+        assert folder.is_dir() and folder.parent == tmp_path
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError), scratch_folder(tmp_path, "deploy-") as folder:
+        (folder / "f").write_text("x")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_owners_folder_goes_with_the_next_use(tmp_path: Path) -> None:
+    with owner(tmp_path) as (proc, folder):
+        age(folder, 3600)
+        assert prune_abandoned(tmp_path, "deploy-") == []  # its owner is alive: kept
+        assert (folder / "half-written").is_file()
+        proc.kill()  # kill -9: no finally runs
+        proc.wait()
+    assert (folder / "half-written").is_file()
+    with scratch_folder(tmp_path, "deploy-") as mine:
+        assert not folder.exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name, mine.name + ".owner"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fresh_folder_is_left_for_its_owner_to_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between creating the folder and locking it, a new owner holds no lock yet: a folder
+    younger than the grace period is never pruned, whether its owner is alive or not."""
+    with owner(tmp_path) as (proc, folder):
+        proc.kill()
+        proc.wait()
+    assert prune_abandoned(tmp_path, "deploy-") == []
+    assert folder.is_dir()
+    monkeypatch.setattr(scratch, "GRACE_SECONDS", 0.0)
+    assert prune_abandoned(tmp_path, "deploy-") == [folder]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_names_are_not_touched(tmp_path: Path) -> None:
+    (tmp_path / "pkgs").mkdir()
+    other = tmp_path / "build-1"
+    other.mkdir()
+    age(other, 3600)
+    assert prune_abandoned(tmp_path, "deploy-") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build-1", "pkgs"]
