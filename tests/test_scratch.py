@@ -92,3 +92,15 @@ def test_other_names_are_not_touched(tmp_path: Path) -> None:
     age(other, 3600)
     assert prune_abandoned(tmp_path, "deploy-") == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build-1", "pkgs"]
+
+
+def test_this_process_never_prunes_its_own_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POSIX locks do not conflict within one process, so another thread's prune here would
+    get the lock of a folder this process still uses."""
+    monkeypatch.setattr(scratch, "GRACE_SECONDS", 0.0)
+    with scratch_folder(tmp_path, "deploy-") as first:
+        with scratch_folder(tmp_path, "deploy-") as second:
+            assert first.is_dir() and second.is_dir()
+        assert first.is_dir()

@@ -1,11 +1,16 @@
 """Scratch folders that a killed process does not leave behind for good.
 
-A deploy or image build lays out up to gigabytes of files in a scratch folder. When its process
-is killed (kill -9, the OOM killer, a lost laptop lid) no ``finally`` runs, so the folder would
-stay forever. Each folder therefore comes with a lock file its owner holds (``flock``) for as
-long as it lives; the kernel drops the lock when the owner dies, however it dies. The next
-process that asks for a scratch folder in the same place removes every folder whose lock it
-can take: its owner is gone.
+A deploy, unpack or image build lays out up to gigabytes of files in a scratch folder. When its
+process is killed (kill -9, the OOM killer) no ``finally`` runs, so the folder would stay
+forever. Each folder therefore comes with a lock file its owner holds for as long as it lives;
+the kernel drops the lock when the owner dies, however it dies. The next process that asks for a
+scratch folder in the same place removes every folder whose lock it can take: its owner is gone.
+
+The lock is a POSIX record lock (``lockf``), not ``flock``: ``unpack`` forks payload writers,
+and a forked child shares its parent's ``flock`` locks, so a writer still winding down would
+keep a dead owner's folder looking alive. POSIX locks belong to the process alone, which also
+means this process must not test its own folders' locks (it would always get them): those are
+kept in ``_OWN``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ LOCK_SUFFIX = ".owner"
 # yet taken the lock (a few microseconds), and there is no hurry.
 GRACE_SECONDS = 60.0
 
+_OWN: set[Path] = set()
+_OWN_LOCK = threading.Lock()
+
 
 @contextlib.contextmanager
 def scratch_folder(
@@ -35,11 +43,14 @@ def scratch_folder(
     that), and removed by a later call if this process dies first."""
     root.mkdir(parents=True, exist_ok=True)
     prune_abandoned(root, prefix)
-    folder = Path(tempfile.mkdtemp(dir=root, prefix=prefix))
+    folder = Path(tempfile.mkdtemp(dir=root, prefix=prefix)).absolute()
     lock_path = folder.with_name(folder.name + LOCK_SUFFIX)
+    with _OWN_LOCK:
+        _OWN.add(folder)
     fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # no locks on this filesystem: then nobody prunes it
+            fcntl.lockf(fd, fcntl.LOCK_EX)
         yield folder
     finally:
 
@@ -48,6 +59,8 @@ def scratch_folder(
             with contextlib.suppress(FileNotFoundError):
                 lock_path.unlink()
             os.close(fd)  # released last, so no pruner removes the folder under rmtree
+            with _OWN_LOCK:
+                _OWN.discard(folder)
 
         if remove_in_background:
             threading.Thread(target=remove, name=f"remove {folder.name}").start()
@@ -59,7 +72,10 @@ def prune_abandoned(root: Path, prefix: str) -> list[Path]:
     """Remove the scratch folders under ``root`` whose owner has died; returns them."""
     removed: list[Path] = []
     now = time.time()
-    for folder in root.glob(f"{prefix}*"):
+    for folder in root.absolute().glob(f"{prefix}*"):
+        with _OWN_LOCK:
+            if folder in _OWN:
+                continue
         if folder.name.endswith(LOCK_SUFFIX) or not folder.is_dir():
             continue
         lock_path = folder.with_name(folder.name + LOCK_SUFFIX)
@@ -71,9 +87,9 @@ def prune_abandoned(root: Path, prefix: str) -> list[Path]:
             continue  # gone meanwhile, or not ours to touch
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its owner is alive
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its owner is alive (or this filesystem has no locks: keep it)
             shutil.rmtree(folder, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 lock_path.unlink()

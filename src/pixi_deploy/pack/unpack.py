@@ -12,12 +12,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,6 +28,7 @@ from pixi_deploy.pack.archives import Archive, ArchiveSlice
 from pixi_deploy.pack.format import LOCK_MEMBER, METADATA_NAME, ZSTD_MAGIC, PackedFile, PackMetadata
 from pixi_deploy.pack.layout import check_environment_path, lay_out_prefix
 from pixi_deploy.progress import NullReporter, Reporter
+from pixi_deploy.scratch import scratch_folder
 
 CHUNK = 1 << 20
 
@@ -309,15 +308,16 @@ def _check_target(target: Path) -> None:
 
 @contextmanager
 def work_folder(target: Path) -> Iterator[Path]:
-    """A scratch folder beside ``target``, removed whatever happens (short of kill -9)."""
-    try:
-        work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.pixi-deploy-"))
-    except OSError as error:
-        raise store_error_from_os(error, target.parent) from error
-    try:
+    """A scratch folder beside ``target`` (so that publishing it is one rename), removed
+    whatever happens; after a kill -9, by the next unpack to the same target."""
+    with ExitStack() as stack:
+        try:
+            work = stack.enter_context(
+                scratch_folder(target.parent, f".{target.name}.pixi-deploy-")
+            )
+        except OSError as error:
+            raise store_error_from_os(error, target.parent) from error
         yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def publish(staging: Path, target: Path) -> None:
