@@ -44,10 +44,9 @@ def scratch_folder(
     root.mkdir(parents=True, exist_ok=True)
     prune_abandoned(root, prefix)
     folder = Path(tempfile.mkdtemp(dir=root, prefix=prefix)).absolute()
-    lock_path = folder.with_name(folder.name + LOCK_SUFFIX)
     with _OWN_LOCK:
         _OWN.add(folder)
-    fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = _open_lock(folder)
     try:
         with contextlib.suppress(OSError):  # no locks on this filesystem: then nobody prunes it
             fcntl.lockf(fd, fcntl.LOCK_EX)
@@ -55,9 +54,7 @@ def scratch_folder(
     finally:
 
         def remove() -> None:
-            shutil.rmtree(folder, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                lock_path.unlink()
+            _discard(folder)
             os.close(fd)  # released last, so no pruner removes the folder under rmtree
             with _OWN_LOCK:
                 _OWN.discard(folder)
@@ -66,6 +63,21 @@ def scratch_folder(
             threading.Thread(target=remove, name=f"remove {folder.name}").start()
         else:
             remove()
+
+
+def _lock_path(folder: Path) -> Path:
+    return folder.with_name(folder.name + LOCK_SUFFIX)
+
+
+def _open_lock(folder: Path) -> int:
+    return os.open(_lock_path(folder), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _discard(folder: Path) -> None:
+    """The folder, then its lock file (whoever removes them still holds the lock)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        _lock_path(folder).unlink()
 
 
 def prune_abandoned(root: Path, prefix: str) -> list[Path]:
@@ -78,11 +90,10 @@ def prune_abandoned(root: Path, prefix: str) -> list[Path]:
                 continue
         if folder.name.endswith(LOCK_SUFFIX) or not folder.is_dir():
             continue
-        lock_path = folder.with_name(folder.name + LOCK_SUFFIX)
         try:
             if now - folder.stat().st_mtime < GRACE_SECONDS:
                 continue
-            fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = _open_lock(folder)
         except OSError:
             continue  # gone meanwhile, or not ours to touch
         try:
@@ -90,9 +101,7 @@ def prune_abandoned(root: Path, prefix: str) -> list[Path]:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue  # its owner is alive (or this filesystem has no locks: keep it)
-            shutil.rmtree(folder, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                lock_path.unlink()
+            _discard(folder)
             removed.append(folder)
         finally:
             os.close(fd)
