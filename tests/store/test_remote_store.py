@@ -82,12 +82,16 @@ def test_noop_redeploy_is_one_round_trip(
         assert first.reused is False and _env_ok(t, first.deployment_path)
         remote_copy = json.loads(t.read_bytes(f"{first.deployment_path}/deployment_metadata.json"))
         assert remote_copy["lock_hash"] == first.lock_hash
+    abandoned = cache.root / "staging" / "deploy-killed"  # as a kill -9 leaves it, aged
+    (abandoned / "prefix").mkdir(parents=True)
+    os.utime(abandoned, (time.time() - 3600,) * 2)
     with Transport(settings) as t:
         again = RemoteStore(t, base).deploy(ws, cache=cache)
         assert again.reused is True and again.deployment_path == first.deployment_path
         assert t.stats.bytes_uploaded == 0
         assert t.stats.commands_run == 1  # platform + presence in one probe
         assert t.stats.connections_opened == 1
+    assert not abandoned.exists(), "a reusing deploy must still clean what killed deploys left"
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from pixi_deploy.pack.direct import DeferredPayload
 from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import check_environment_path, lay_out_environment
 from pixi_deploy.progress import NullReporter, Reporter
-from pixi_deploy.scratch import scratch_folder
+from pixi_deploy.scratch import prune_abandoned, scratch_folder
 from pixi_deploy.store import remote_scripts as sh
 from pixi_deploy.store.bundle import stream_bundle
 from pixi_deploy.store.groups import Plan, plan
@@ -49,6 +49,8 @@ from pixi_deploy.workspace import ResolvedEnvironment, Workspace
 MAX_ATTEMPTS = 4
 #: Concurrent payload streams (each its own `zstd | tar -x` on the cluster).
 PAYLOAD_STREAMS = 2
+#: Local layouts live in CACHE/staging/deploy-* (scratch folders, see scratch.py).
+STAGING_PREFIX = "deploy-"
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,9 @@ class RemoteStore:
         if name:
             check_name(name)
         cache = cache or DownloadCache()
+        # here, not only in scratch_folder: a deploy that finds its environment already on the
+        # cluster lays nothing out, and would otherwise never clean what killed deploys left
+        prune_abandoned(cache.root / "staging", STAGING_PREFIX)
         if prepare is not None and platform in (None, "", "auto"):
             platform = self.transport.platform()
         resolved, existing = self._probe(workspace, environment, platform, prepare)
@@ -200,7 +205,9 @@ class RemoteStore:
         """Under the cluster's lock; a dropped connection re-takes it and resumes the transfer."""
         key = resolved.short_hash
         final = self.layout.env(key)
-        with scratch_folder(cache.root / "staging", "deploy-", remove_in_background=True) as tmp:
+        with scratch_folder(
+            cache.root / "staging", STAGING_PREFIX, remove_in_background=True
+        ) as tmp:
             prepared: _Prepared | None = None
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 lock = self.transport.iter_lines(["sh", "-c", sh.LOCK, "sh", self.base, key])
