@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from helpers.files import age
 from pixi_deploy import scratch
 from pixi_deploy.scratch import prune_abandoned, scratch_folder
 
@@ -40,11 +39,6 @@ def owner(root: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
         proc.wait()
 
 
-def age(folder: Path, seconds: float) -> None:
-    then = time.time() - seconds
-    os.utime(folder, (then, then))
-
-
 def test_removed_on_exit_and_on_error(tmp_path: Path) -> None:
     with scratch_folder(tmp_path, "deploy-") as folder:
         (folder / "f").write_text("x")
@@ -58,7 +52,7 @@ def test_removed_on_exit_and_on_error(tmp_path: Path) -> None:
 
 def test_a_killed_owners_folder_goes_with_the_next_use(tmp_path: Path) -> None:
     with owner(tmp_path) as (proc, folder):
-        age(folder, 3600)
+        age(folder)
         assert prune_abandoned(tmp_path, "deploy-") == []  # its owner is alive: kept
         assert (folder / "half-written").is_file()
         proc.kill()  # kill -9: no finally runs
@@ -89,7 +83,7 @@ def test_other_names_are_not_touched(tmp_path: Path) -> None:
     (tmp_path / "pkgs").mkdir()
     other = tmp_path / "build-1"
     other.mkdir()
-    age(other, 3600)
+    age(other)
     assert prune_abandoned(tmp_path, "deploy-") == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build-1", "pkgs"]
 

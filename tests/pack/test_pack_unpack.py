@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.files import age
 from pixi_deploy.errors import FetchError, PackError, StoreError
 from pixi_deploy.pack import DownloadCache, read_metadata, unpack, write_pack
 from pixi_deploy.pack.format import METADATA_NAME
@@ -306,7 +306,7 @@ def test_interrupted_unpack_leaves_nothing_usable(linux64_pack: Path, tmp_path: 
             assert beside(i) == [], "SIGINT/SIGTERM must remove the work folder"
         elif beside(i) and not target.exists():
             for p in beside(i):
-                os.utime(p, (time.time() - 3600,) * 2)  # past the grace time for a new owner
+                age(p)  # past the grace time for a new owner
             unpack(linux64_pack, target)
             assert _run_in(target, "greet").returncode == 0
             assert beside(i) == [], "the next unpack must remove what kill -9 left"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.files import age
 from pixi_deploy.pack import DownloadCache
 from pixi_deploy.progress import NullReporter
 from pixi_deploy.store.remote import RemoteStore
@@ -84,7 +85,7 @@ def test_noop_redeploy_is_one_round_trip(
         assert remote_copy["lock_hash"] == first.lock_hash
     abandoned = cache.root / "staging" / "deploy-killed"  # as a kill -9 leaves it, aged
     (abandoned / "prefix").mkdir(parents=True)
-    os.utime(abandoned, (time.time() - 3600,) * 2)
+    age(abandoned)
     with Transport(settings) as t:
         again = RemoteStore(t, base).deploy(ws, cache=cache)
         assert again.reused is True and again.deployment_path == first.deployment_path
@@ -258,7 +259,7 @@ def test_kill_9_at_random_moments_keeps_store_consistent(
     assert False in seen, "at least some kills must land before the deploy completed"
     staging = tmp_path / "cache" / "staging"
     for left in staging.glob("deploy-*"):  # what the kills left here, aged past the grace time
-        os.utime(left, (time.time() - 3600,) * 2)
+        age(left)
     done = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert _env_ok(transport, final)
