@@ -12,13 +12,12 @@ import importlib
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from pixi_deploy import __version__
+from pixi_deploy.cli_options import stderr, stdout
 from pixi_deploy.errors import PixiDeployError
 
 app = typer.Typer(
@@ -30,33 +29,6 @@ app = typer.Typer(
     rich_markup_mode=None,  # help texts show [defaults] and paths literally; no markup
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-
-# pixi's conventions: every command that reads a workspace takes these three.
-ManifestPath = Annotated[
-    Path | None,
-    typer.Option(
-        "--manifest-path",
-        help="pixi.toml / pyproject.toml, or the folder holding it (default: search upwards from .)",
-        show_default=False,
-    ),
-]
-EnvironmentOpt = Annotated[
-    str | None,
-    typer.Option("--environment", "-e", help="Environment of the workspace (default: default)"),
-]
-PlatformOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--platform",
-        "-p",
-        help="Target platform: linux-64, linux-aarch64, ... (default: this machine's; "
-        "for ssh targets 'auto', the edge node's)",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout")]
 
 # Modules exposing ``register(app)``; each adds its own commands.
 COMMAND_MODULES: list[str] = [
@@ -83,6 +55,7 @@ def _root(
 
 
 def _register_all() -> None:
+    """Each command module adds its commands to the app, once, when this module is imported."""
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(app)
 
@@ -116,7 +89,6 @@ def _install_signal_handlers() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of raising SystemExit."""
-    _register_all()
     _install_signal_handlers()
     try:
         result = app(args=argv, prog_name="pixi-deploy", standalone_mode=False)
@@ -143,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return 0
 
+
+_register_all()
 
 if __name__ == "__main__":
     sys.exit(main())

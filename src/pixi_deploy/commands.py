@@ -13,23 +13,21 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pixi_deploy.channels import ChannelSettings
-from pixi_deploy.cli import EnvironmentOpt, JsonOpt, ManifestPath, PlatformOpt, stderr, stdout
+from pixi_deploy import api
+from pixi_deploy.cli_options import (
+    BuildSdistsOpt,
+    CacheDirOpt,
+    EnvironmentOpt,
+    InjectOpt,
+    JsonOpt,
+    ManifestPath,
+    PlatformOpt,
+    stderr,
+    stdout,
+)
 from pixi_deploy.errors import ConfigError
-from pixi_deploy.pack import DownloadCache, read_metadata, unpack, write_pack
-from pixi_deploy.pack.inject import prepare_environment
 from pixi_deploy.render import RichReporter
-from pixi_deploy.store import DeploymentMetadata, LocalStore, Store, run_in_environment
-from pixi_deploy.workspace import ResolvedEnvironment, Workspace, load_workspace
 
-CacheDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--cache-dir",
-        help="Download cache for packages (default: $PIXI_DEPLOY_CACHE_DIR or ~/.cache/pixi-deploy)",
-        show_default=False,
-    ),
-]
 TargetOpt = Annotated[
     str,
     typer.Option(
@@ -48,18 +46,6 @@ MetadataOutOpt = Annotated[
     Path,
     typer.Option("--metadata-out", help="Where to write deployment_metadata.json"),
 ]
-InjectOpt = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--inject",
-        help="Add a local .conda/.tar.bz2 package or wheel (repeatable); checked against the lock",
-        show_default=False,
-    ),
-]
-BuildSdistsOpt = Annotated[
-    bool,
-    typer.Option("--build-sdists", help="Build wheels here from source distributions in the lock"),
-]
 
 
 def _reporter(json_: bool) -> RichReporter:
@@ -75,12 +61,11 @@ def _emit(json_: bool, data: dict[str, Any], human: str) -> None:
 
 def inspect(manifest_path: ManifestPath = None, json_: JsonOpt = False) -> None:
     """Show the workspace's environments, platforms, package counts and lock hashes."""
-    workspace = load_workspace(manifest_path)
-    description = workspace.describe()
+    description = api.inspect(manifest_path)
     if json_:
         stdout.print_json(json.dumps(description))
         return
-    table = Table(title=f"{description['workspace']} ({workspace.manifest_path})")
+    table = Table(title=f"{description['workspace']} ({description['manifest_path']})")
     for column in ("environment", "platform", "conda", "pypi", "hash"):
         table.add_column(column)
     for env_name, entry in description["environments"].items():
@@ -126,56 +111,36 @@ def pack(
     json_: JsonOpt = False,
 ) -> None:
     """Pack one environment for one platform into a single file that installs offline."""
-    resolved = load_workspace(manifest_path).resolve(environment, platform)
-    cache = DownloadCache(cache_dir)
-    resolved = prepare_environment(
-        resolved, cache, inject=inject or (), build_sdists=build_sdists, reporter=_reporter(json_)
-    )
-    if self_extracting:
-        _pack_self_extracting(resolved, output, cache, json_)
-        return
-    result = write_pack(
-        resolved,
-        output,
-        compression="zstd" if compress else "none",
-        cache=cache,
+    result = api.pack(
+        manifest_path=manifest_path,
+        environment=environment,
+        platform=platform,
+        output=output,
+        compress=compress,
+        self_extracting=self_extracting,
+        cache_dir=cache_dir,
+        inject=inject or (),
+        build_sdists=build_sdists,
         reporter=_reporter(json_),
     )
-    data = {
+    resolved = result.resolved
+    data: dict[str, Any] = {
         "pack": str(result.path),
         "size": result.size,
         "environment": resolved.name,
         "platform": resolved.platform,
         "lock_hash": resolved.lock_hash,
-        "files": len(result.metadata.files),
     }
-    _emit(
-        json_,
-        data,
-        f"{result.path} ({result.size / 1e6:.1f} MB, {len(result.metadata.files)} packages)",
-    )
-
-
-def _pack_self_extracting(
-    resolved: ResolvedEnvironment, output: Path | None, cache: DownloadCache, json_: bool
-) -> None:
-    from pixi_deploy.pack.selfextract import write_self_extracting
-
-    result = write_self_extracting(resolved, output, cache=cache, reporter=_reporter(json_))
-    data = {
-        "pack": str(result.path),
-        "size": result.size,
-        "self_extracting": True,
-        "environment": resolved.name,
-        "platform": resolved.platform,
-        "lock_hash": resolved.lock_hash,
-    }
-    _emit(
-        json_,
-        data,
-        f"{result.path} ({result.size / 1e6:.1f} MB); install with: sh {result.path.name} "
-        "[--target DIR]",
-    )
+    if result.self_extracting:
+        data["self_extracting"] = True
+        human = (
+            f"{result.path} ({result.size / 1e6:.1f} MB); install with: sh {result.path.name} "
+            "[--target DIR]"
+        )
+    else:
+        data["files"] = result.files
+        human = f"{result.path} ({result.size / 1e6:.1f} MB, {result.files} packages)"
+    _emit(json_, data, human)
 
 
 def unpack_command(
@@ -186,7 +151,7 @@ def unpack_command(
     json_: JsonOpt = False,
 ) -> None:
     """Install a pack into DIRECTORY, offline, and write DIRECTORY/activate.sh."""
-    result = unpack(pack_file, directory, reporter=_reporter(json_))
+    result = api.unpack(pack_file, directory, reporter=_reporter(json_))
     data = {
         "prefix": str(result.prefix),
         "activate_script": str(result.activate_script),
@@ -202,7 +167,7 @@ def pack_info(
     json_: JsonOpt = False,
 ) -> None:
     """Show what a pack holds (reads only its metadata)."""
-    metadata = read_metadata(pack_file)
+    metadata = api.pack_info(pack_file)
     data = {
         "environment": metadata.environment,
         "platform": metadata.platform,
@@ -214,21 +179,6 @@ def pack_info(
         "payload_bytes": metadata.payload_bytes,
     }
     _emit(json_, data, "\n".join(f"{k}: {v}" for k, v in data.items()))
-
-
-def _local_base(workspace: Workspace | None, base: Path | None) -> Path:
-    import os
-
-    chosen = (
-        base
-        or (workspace.config.get("base") if workspace else None)
-        or os.environ.get("PIXI_DEPLOY_BASE")
-    )
-    if not chosen:
-        raise ConfigError(
-            "no local store folder given", "pass --base DIR (or set PIXI_DEPLOY_BASE)"
-        )
-    return Path(str(chosen)).expanduser()
 
 
 def deploy(
@@ -248,61 +198,24 @@ def deploy(
     json_: JsonOpt = False,
 ) -> None:
     """Deploy an environment to a content-addressed store; reuse it when already there."""
-    workspace = load_workspace(manifest_path)
-    cache = DownloadCache(cache_dir)
-    cache.channels = ChannelSettings.load(workspace.root)  # pixi's mirrors and credentials
-
-    def prepare(resolved: ResolvedEnvironment) -> ResolvedEnvironment:
-        return prepare_environment(
-            resolved,
-            cache,
-            inject=inject or (),
-            build_sdists=build_sdists,
-            reporter=_reporter(json_),
-        )
-
-    if target == "local":
-        store = LocalStore(_local_base(workspace, base), cache)
-        metadata = store.deploy(
-            prepare(workspace.resolve(environment, platform)), name=name, reporter=_reporter(json_)
-        )
-    elif target == "ssh":
-        from pixi_deploy.store.remote import deploy_ssh
-
-        needs_prepare = bool(
-            inject or build_sdists or _has_path_dependencies(workspace, environment)
-        )
-        metadata = deploy_ssh(
-            workspace,
-            environment,
-            platform,
-            name=name,
-            cache=cache,
-            reporter=_reporter(json_),
-            prepare=prepare if needs_prepare else None,
-            base=str(base) if base else None,
-        )
-    else:
-        raise ConfigError(f"unknown target '{target}'", "use --target local or --target ssh")
+    metadata = api.deploy(
+        manifest_path=manifest_path,
+        environment=environment,
+        platform=platform,
+        target=target,
+        base=base,
+        name=name,
+        cache_dir=cache_dir,
+        inject=inject or (),
+        build_sdists=build_sdists,
+        reporter=_reporter(json_),
+    )
     metadata.write(metadata_out)
     verb = "reused" if metadata.reused else "deployed"
     _emit(
         json_,
         {**json.loads(metadata.to_json()), "metadata_file": str(metadata_out)},
         f"{verb} {metadata.environment} ({metadata.platform}) at {metadata.deployment_path}",
-    )
-
-
-def _has_path_dependencies(workspace: Workspace, environment: str | None) -> bool:
-    env = workspace.lock.environment(
-        environment or workspace.config.get("environment") or "default"
-    )
-    if env is None:
-        return False
-    return any(
-        "://" not in str(p.location) or str(p.location).startswith("file://")
-        for platform in env.platforms()
-        for p in env.pypi_packages_for_platform(platform) or []
     )
 
 
@@ -326,29 +239,17 @@ def run(
         raise ConfigError(
             f"`run` runs on the local target, not '{target}'", "use `pixi-deploy submit` for Slurm"
         )
-    if deployment is not None:
-        metadata = DeploymentMetadata.read(deployment)
-        code = run_in_environment(Path(metadata.deployment_path), command)
-    else:
-        workspace = load_workspace(manifest_path)
-        cache = DownloadCache(cache_dir)
-        resolved = prepare_environment(workspace.resolve(environment, platform), cache)
-        store = LocalStore(_local_base(workspace, base), cache)
-        metadata = store.deploy(resolved, reporter=_reporter(True))
-        code = store.run(metadata, command)
+    code = api.run(
+        command,
+        manifest_path=manifest_path,
+        environment=environment,
+        platform=platform,
+        base=base,
+        deployment=deployment,
+        cache_dir=cache_dir,
+        reporter=_reporter(True),
+    )
     raise typer.Exit(code)
-
-
-def _open_store(target: str, base: Path | None) -> Store:
-    """The store `list` and `prune` work on: a local folder, or the cluster's base path."""
-    if target == "local":
-        return LocalStore(_local_base(None, base))
-    if target == "ssh":
-        from pixi_deploy.store.remote import RemoteStore
-        from pixi_deploy.transport import get_transport
-
-        return RemoteStore(get_transport(), str(base) if base else None)
-    raise ConfigError(f"unknown target '{target}'", "use --target local or --target ssh")
 
 
 def list_command(
@@ -357,9 +258,7 @@ def list_command(
     json_: JsonOpt = False,
 ) -> None:
     """List the environments deployed in a store, newest first."""
-    store = _open_store(target, base)
-    deployments = store.deployments()
-    names = store.names()
+    deployments, names = api.list_deployments(target, base)
     if json_:
         stdout.print_json(
             json.dumps(
@@ -392,7 +291,7 @@ def prune(
     json_: JsonOpt = False,
 ) -> None:
     """Remove old environments; never named ones, nor any a running job is using."""
-    removed = _open_store(target, base).prune(keep)
+    removed = api.prune(keep, target, base)
     _emit(
         json_,
         {"removed": removed},

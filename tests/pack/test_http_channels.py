@@ -5,16 +5,13 @@ that never show a secret."""
 from __future__ import annotations
 
 import base64
-import functools
-import http.server
 import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from helpers.channel_server import CONDA_FORGE, Server, point_lock_at, serve_channel
 from pixi_deploy.channels import ChannelSettings, Credentials, redact
 from pixi_deploy.errors import FetchError
 from pixi_deploy.pack import DownloadCache, unpack, write_pack
@@ -22,51 +19,14 @@ from pixi_deploy.testing.channel import make_demo_workspace
 from pixi_deploy.workspace import load_workspace
 
 USER, PASSWORD = "alice", "s3cret-Pa55word"
-CONDA_FORGE = "https://conda.anaconda.org/conda-forge"
-
-
-@dataclass
-class Server:
-    url: str
-    root: Path
-    auth: str | None = None  # expected Authorization header, None = open
-    requests: list[tuple[str, str | None]] = field(default_factory=list)
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    server_state: Server
-
-    def do_GET(self) -> None:
-        state = self.server_state
-        header = self.headers.get("Authorization")
-        state.requests.append((self.path, header))
-        if state.auth is not None and header != state.auth:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="channel"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        super().do_GET()
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     root = tmp_path / "demo"
     make_demo_workspace(root, platforms=("linux-64",))
-    state = Server("", root / "channel")
-    handler = type("Handler", (_Handler,), {"server_state": state})
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(state.root))
-    )
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_channel(root / "channel") as state:
+        yield state
 
 
 @pytest.fixture(autouse=True)
@@ -82,15 +42,7 @@ def clean_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _point_lock_at(server: Server, base_url: str) -> Path:
     """The demo workspace with every package URL in its lock rewritten to ``base_url``."""
-    workspace = server.root.parent / "workspace"
-    lock = workspace / "pixi.lock"
-    channel = server.root.resolve()
-    text = lock.read_text()
-    text = text.replace(channel.as_uri(), base_url).replace(str(channel), base_url)
-    lock.write_text(text)
-    resolved = load_workspace(workspace).resolve("default", "linux-64")
-    assert all(str(r.url).startswith(base_url + "/") for r in resolved.conda_records)
-    return workspace
+    return point_lock_at(server.root.parent / "workspace", server.root, base_url)
 
 
 def _pack(workspace: Path, tmp_path: Path, settings: ChannelSettings | None = None) -> Path:

@@ -9,7 +9,15 @@ from typing import Annotated
 
 import typer
 
-from pixi_deploy.cli import EnvironmentOpt, JsonOpt, ManifestPath, PlatformOpt, stderr, stdout
+from pixi_deploy import api
+from pixi_deploy.cli_options import (
+    EnvironmentOpt,
+    JsonOpt,
+    ManifestPath,
+    PlatformOpt,
+    stderr,
+    stdout,
+)
 from pixi_deploy.containers.apptainer import write_apptainer
 from pixi_deploy.containers.ci import CIOptions, write_github_workflows, write_gitlab_ci
 from pixi_deploy.containers.common import (
@@ -24,8 +32,6 @@ from pixi_deploy.containers.image import (
     OUTPUTS,
     ImageOptions,
     ImageResult,
-    build_image,
-    build_image_from_pack,
 )
 from pixi_deploy.pack import DownloadCache
 from pixi_deploy.render import RichReporter
@@ -361,11 +367,14 @@ def image(
     )
     reporter = RichReporter(stderr, quiet=json_)
     result: ImageResult
-    if pack is not None:
-        result = build_image_from_pack(pack, options, platform=platform, reporter=reporter)
-    else:
-        resolved = load_workspace(manifest_path).resolve(environment, platform)
-        result = build_image(resolved, options, reporter=reporter)
+    result = api.image(
+        options,
+        pack_file=pack,
+        manifest_path=manifest_path,
+        environment=environment,
+        platform=platform,
+        reporter=reporter,
+    )
     if json_:
         stdout.print_json(json.dumps(result.to_json()))
         return

@@ -30,10 +30,9 @@ from dagster._core.errors import DagsterPipesExecutionError
 from dagster._core.pipes.client import PipesClientCompletedInvocation
 from dagster._core.pipes.utils import open_pipes_session
 
+from pixi_deploy import api
 from pixi_deploy.errors import ConfigError
 from pixi_deploy.slurm import JobResources, JobResult, JobSpec
-from pixi_deploy.store.remote import RemoteStore
-from pixi_deploy.workspace import load_workspace
 
 from .pipes import (
     ExceptionCapturingReader,
@@ -94,9 +93,15 @@ def ensure_environment(
                 "pre_deployed_env_path to deploy on demand",
             )
         return path, {"pixi_deploy_environment": path, "pixi_deploy_deployed": "pre-deployed"}
-    workspace = load_workspace(Path(manifest_path) if manifest_path else None)
-    store = RemoteStore(transport, slurm.base_path())
-    metadata = store.deploy(workspace, environment, platform, reporter=_LogReporter(context))
+    metadata = api.deploy(
+        manifest_path=manifest_path,
+        environment=environment,
+        platform=platform,
+        target="ssh",
+        base=slurm.base_path(),
+        reporter=_LogReporter(context),
+        transport=transport,
+    )
     verb = "reused" if metadata.reused else "deployed"
     context.log.info(
         f"[pixi-deploy] {verb} environment {metadata.environment} ({metadata.platform}) "

@@ -15,23 +15,26 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from pixi_deploy.cli import EnvironmentOpt, JsonOpt, ManifestPath, PlatformOpt, stderr, stdout
-from pixi_deploy.errors import ConfigError
-from pixi_deploy.transport import get_transport
+from pixi_deploy import api
+from pixi_deploy.cli_options import (
+    BuildSdistsOpt,
+    CacheDirOpt,
+    EnvironmentOpt,
+    InjectOpt,
+    JsonOpt,
+    ManifestPath,
+    PlatformOpt,
+    stderr,
+    stdout,
+)
+from pixi_deploy.render import RichReporter
 
 from .client import SlurmClient
-from .spec import JobResources, JobResult, JobSpec
+from .spec import JobResources, JobResult
 
 
 def _client() -> SlurmClient:
-    transport = get_transport()
-    base = transport.base_path
-    if not base:
-        raise ConfigError(
-            "SLURM_DEPLOYMENT_BASE_PATH is not set",
-            "set it to a folder on the cluster, e.g. ~/pixi-deploy",
-        )
-    return SlurmClient(transport, base)
+    return api.slurm_client()
 
 
 def _print_out(line: str) -> None:
@@ -49,32 +52,6 @@ def _result_json(result: JobResult) -> dict[str, Any]:
     data["ok"] = result.ok
     data["message"] = result.message()
     return data
-
-
-def _environment_path(
-    deployment: Path | None,
-    manifest_path: Path | None,
-    environment: str | None,
-    platform: str | None,
-    json_: bool,
-) -> str:
-    from pixi_deploy.store.metadata import DeploymentMetadata
-
-    if deployment is not None:
-        return DeploymentMetadata.read(deployment).deployment_path
-    from pixi_deploy.pack import DownloadCache
-    from pixi_deploy.render import RichReporter
-    from pixi_deploy.store.remote import deploy_ssh
-    from pixi_deploy.workspace import load_workspace
-
-    metadata = deploy_ssh(
-        load_workspace(manifest_path),
-        environment,
-        platform,
-        cache=DownloadCache(),
-        reporter=RichReporter(stderr, quiet=json_),
-    )
-    return metadata.deployment_path
 
 
 def submit(
@@ -111,10 +88,12 @@ def submit(
         bool,
         typer.Option("--follow/--no-follow", help="Stream the output and wait (Ctrl-C cancels)"),
     ] = True,
+    cache_dir: CacheDirOpt = None,
+    inject: InjectOpt = None,
+    build_sdists: BuildSdistsOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Run a command in the deployed environment as a Slurm job."""
-    env_path = _environment_path(deployment, manifest_path, environment, platform, json_)
     resources = JobResources(
         partition=partition,
         nodes=nodes,
@@ -129,14 +108,20 @@ def submit(
         constraint=constraint,
         extra_sbatch=list(sbatch or []),
     )
-    spec = JobSpec(
-        command=list(command),
-        environment_path=env_path,
-        name=name,
+    job = api.submit(
+        command,
         resources=resources,
+        job_name=name,
         array=array,
+        deployment=deployment,
+        manifest_path=manifest_path,
+        environment=environment,
+        platform=platform,
+        cache_dir=cache_dir,
+        inject=inject or (),
+        build_sdists=build_sdists,
+        reporter=RichReporter(stderr, quiet=json_),
     )
-    job = _client().submit(spec)
     if not follow:
         if json_:
             stdout.print_json(json.dumps({"job_id": job.id, "run_dir": job.run_dir}))

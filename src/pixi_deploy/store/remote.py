@@ -40,7 +40,6 @@ from pixi_deploy.transport import (
     LineStream,
     RemoteCommandError,
     Transport,
-    get_transport,
     sh_c,
 )
 from pixi_deploy.transport.connection import _PLATFORMS
@@ -121,9 +120,13 @@ class RemoteStore:
         cache: DownloadCache | None = None,
         reporter: Reporter | None = None,
         prepare: Callable[[ResolvedEnvironment], ResolvedEnvironment] | None = None,
+        prepare_changes_identity: bool = True,
     ) -> DeploymentMetadata:
-        """``prepare`` (e.g. building path dependencies, injecting files) may change the
-        environment's identity, so with it the platform is detected first (one more round trip)."""
+        """``prepare`` turns the locked environment into the one shipped (`api.Preparation`).
+        When it may change the environment's identity (building path dependencies, injecting
+        files), the platform is detected first (one more round trip) and the prepared
+        environment is probed for; otherwise the probe asks for the locked one and only the
+        chosen platform's environment is prepared."""
         reporter = reporter or NullReporter()
         if name:
             check_name(name)
@@ -131,9 +134,17 @@ class RemoteStore:
         # here, not only in scratch_folder: a deploy that finds its environment already on the
         # cluster lays nothing out, and would otherwise never clean what killed deploys left
         prune_abandoned(cache.root / "staging", STAGING_PREFIX)
-        if prepare is not None and platform in (None, "", "auto"):
+        early = prepare if prepare_changes_identity else None
+        if early is not None and platform in (None, "", "auto"):
             platform = self.transport.platform()
-        resolved, existing = self._probe(workspace, environment, platform, prepare)
+        resolved, existing = self._probe(workspace, environment, platform, early)
+        if prepare is not None and early is None:
+            prepared = prepare(resolved)
+            if prepared.lock_hash != resolved.lock_hash:  # it did change: ask for that one
+                resolved, existing = self._probe(
+                    workspace, environment, prepared.platform, lambda _: prepared
+                )
+            resolved = prepared
         if existing is None:
             existing = self._deploy_locked(resolved, cache, reporter)
         else:
@@ -444,25 +455,3 @@ def _locked_linux_platforms(workspace: Workspace, environment: str | None) -> li
         workspace.resolve(env_name, None)  # raises the clear "unknown environment" error
         return []
     return [p for p in locked if p.startswith("linux-")] or locked
-
-
-def remote_store_from_env() -> RemoteStore:
-    return RemoteStore(get_transport())
-
-
-def deploy_ssh(
-    workspace: Workspace,
-    environment: str | None,
-    platform: str | None,
-    *,
-    name: str | None = None,
-    cache: DownloadCache | None = None,
-    reporter: Reporter | None = None,
-    prepare: Callable[[ResolvedEnvironment], ResolvedEnvironment] | None = None,
-    base: str | None = None,
-) -> DeploymentMetadata:
-    """Deploy with the SLURM_EDGE_NODE_* settings; ``base`` overrides SLURM_DEPLOYMENT_BASE_PATH."""
-    store = RemoteStore(get_transport(), base)
-    return store.deploy(
-        workspace, environment, platform, name=name, cache=cache, reporter=reporter, prepare=prepare
-    )
