@@ -30,7 +30,12 @@ from pixi_deploy.pack import unpack as unpack_pack
 from pixi_deploy.pack.inject import prepare_environment
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.store import DeploymentMetadata, LocalStore, Store, run_in_environment
-from pixi_deploy.workspace import ResolvedEnvironment, Workspace, load_workspace
+from pixi_deploy.workspace import (
+    ResolvedEnvironment,
+    Workspace,
+    load_workspace,
+    refuse_unbuilt_sources,
+)
 
 if TYPE_CHECKING:
     from pixi_deploy.containers.image import ImageOptions, ImageResult
@@ -82,13 +87,17 @@ class Preparation:
         return self.prepare(locked)
 
     def prepare(self, resolved: ResolvedEnvironment) -> ResolvedEnvironment:
-        return prepare_environment(
+        """Built path dependencies and injected files in; refused if anything stays that no
+        target could install (a pixi-build source package nobody built)."""
+        prepared = prepare_environment(
             resolved,
             self.cache,
             inject=[Path(p) for p in self.request.inject],
             build_sdists=self.request.build_sdists,
             reporter=self.reporter,
         )
+        refuse_unbuilt_sources(prepared)
+        return prepared
 
     @property
     def changes_identity(self) -> bool:

@@ -66,17 +66,18 @@ def inspect(manifest_path: ManifestPath = None, json_: JsonOpt = False) -> None:
         stdout.print_json(json.dumps(description))
         return
     table = Table(title=f"{description['workspace']} ({description['manifest_path']})")
-    for column in ("environment", "platform", "conda", "pypi", "hash"):
+    for column in ("environment", "platform", "conda", "pypi", "source", "hash"):
         table.add_column(column)
     for env_name, entry in description["environments"].items():
         if not entry["platforms"]:
-            table.add_row(env_name, "(no packages locked)", "0", "0", "")
+            table.add_row(env_name, "(no packages locked)", "0", "0", "0", "")
         for platform, summary in entry["platforms"].items():
             table.add_row(
                 env_name,
                 platform,
                 str(summary["conda_packages"]),
                 str(summary["pypi_packages"]),
+                str(len(summary.get("source_packages", []))),
                 summary["hash"][:16],
             )
     stdout.print(table)

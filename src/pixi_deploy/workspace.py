@@ -56,6 +56,37 @@ class PypiPackage:
 
 
 @dataclass(frozen=True)
+class SourcePackage:
+    """A package pixi-build builds from the workspace itself (``conda: <path>`` in the lock).
+
+    No archive exists for it until someone builds one, so it cannot be shipped as locked: a
+    built ``.conda`` of the same name passed with ``--inject`` takes its place."""
+
+    name: str
+    version: str
+    build: str
+    location: str  # the source folder, relative to the workspace ("." for the workspace)
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.location})"
+
+
+def refuse_unbuilt_sources(resolved: ResolvedEnvironment) -> None:
+    """Nothing can ship an environment whose pixi-build packages have no built archive: say
+    which, and the two ways out, before anything is fetched or moved."""
+    if not resolved.source_packages:
+        return
+    names = ", ".join(p.describe() for p in resolved.source_packages)
+    count = len(resolved.source_packages)
+    raise WorkspaceError(
+        f"environment '{resolved.name}' ({resolved.platform}) has {count} pixi-build source "
+        f"package{'s' if count > 1 else ''} with no built archive: {names}",
+        "build them (`pixi publish --target-dir DIR` or rattler-build) and pass each .conda "
+        "with --inject",
+    )
+
+
+@dataclass(frozen=True)
 class ResolvedEnvironment:
     """Exactly what the lock says one environment needs on one platform."""
 
@@ -67,6 +98,8 @@ class ResolvedEnvironment:
     pypi_packages: tuple[PypiPackage, ...]
     lock_hash: str
     virtual_packages: tuple[str, ...] = field(default=())
+    #: pixi-build source packages still to be built (see `SourcePackage`).
+    source_packages: tuple[SourcePackage, ...] = field(default=())
 
     @property
     def short_hash(self) -> str:
@@ -86,6 +119,11 @@ class ResolvedEnvironment:
             "pypi_packages": len(self.pypi_packages),
             "hash": self.lock_hash,
         }
+        if self.source_packages:
+            summary["source_packages"] = [
+                {"name": p.name, "version": p.version, "build": p.build, "path": p.location}
+                for p in self.source_packages
+            ]
         path_deps = [p for p in self.pypi_packages if p.is_path and not p.origin]
         if path_deps:
             # built into wheels at pack/deploy time; their content then joins the hash
@@ -105,8 +143,11 @@ class ResolvedEnvironment:
         conda_records: tuple[rattler.RepoDataRecord, ...] | None = None,
         pypi_packages: tuple[PypiPackage, ...] | None = None,
     ) -> ResolvedEnvironment:
-        """A copy with other packages (built path dependencies, injected files), re-hashed."""
+        """A copy with other packages (built path dependencies, injected files), re-hashed. A
+        source package is dropped once a conda record of its name is among the packages."""
         records = tuple(self.conda_records if conda_records is None else conda_records)
+        names = {r.name.normalized for r in records}
+        sources = tuple(p for p in self.source_packages if p.name not in names)
         pypi = tuple(self.pypi_packages if pypi_packages is None else pypi_packages)
         records = tuple(sorted(records, key=lambda r: r.name.normalized))
         pypi = tuple(sorted(pypi, key=lambda p: p.name.lower()))
@@ -114,6 +155,7 @@ class ResolvedEnvironment:
             self,
             conda_records=records,
             pypi_packages=pypi,
+            source_packages=sources,
             lock_hash=lock_hash(self.platform, list(records), list(pypi)),
             virtual_packages=virtual_package_needs(
                 list(records), self.workspace.system_requirements()
@@ -322,9 +364,11 @@ class Workspace:
             )
         records: list[rattler.RepoDataRecord] = []
         pypi: list[PypiPackage] = []
+        sources: list[SourcePackage] = []
         if lock_platform is not None:
             records = list(lock_env.conda_repodata_records_for_platform(lock_platform) or [])
             pypi = [_pypi(p) for p in lock_env.pypi_packages_for_platform(lock_platform) or []]
+            sources = _source_packages(lock_env, lock_platform)
         records.sort(key=lambda r: r.name.normalized)
         pypi.sort(key=lambda p: p.name.lower())
         return ResolvedEnvironment(
@@ -336,6 +380,7 @@ class Workspace:
             pypi_packages=tuple(pypi),
             lock_hash=lock_hash(target, records, pypi),
             virtual_packages=virtual_package_needs(records, self.system_requirements()),
+            source_packages=tuple(sorted(sources, key=lambda p: p.name)),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -353,7 +398,14 @@ class Workspace:
                 "platforms": {},
             }
             for platform in platforms:
-                entry["platforms"][platform] = self.resolve(env_name, platform).summary()
+                resolved = self.resolve(env_name, platform)
+                entry["platforms"][platform] = resolved.summary()
+                if resolved.source_packages:
+                    names = ", ".join(p.describe() for p in resolved.source_packages)
+                    result["problems"].append(
+                        f"environment '{env_name}' ({platform}) has pixi-build source packages "
+                        f"that must be built before it can be packed or deployed: {names}"
+                    )
             result["environments"][env_name] = entry
         return result
 
@@ -412,6 +464,24 @@ def git_state(folder: Path) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
     return {"git_commit": commit, "git_dirty": bool(status.strip())}
+
+
+def _source_packages(lock_env: Any, platform: Any) -> list[SourcePackage]:
+    """The lock's ``conda: <path>`` records, which rattler's repodata records leave out."""
+    found = []
+    for package in lock_env.packages(platform) or []:
+        if not isinstance(package, rattler.CondaLockedSourcePackage):
+            continue
+        record = package.package_record
+        found.append(
+            SourcePackage(
+                name=str(package.name),
+                version=str(package.version),
+                build=str(record.build) if record is not None else "",
+                location=str(package.location),
+            )
+        )
+    return found
 
 
 def _pypi(package: Any) -> PypiPackage:
