@@ -30,6 +30,7 @@ from pixi_deploy.pack import unpack as unpack_pack
 from pixi_deploy.pack.inject import prepare_environment
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.store import DeploymentMetadata, LocalStore, Store, run_in_environment
+from pixi_deploy.target import TargetFacts, check_target
 from pixi_deploy.workspace import (
     ResolvedEnvironment,
     Workspace,
@@ -118,6 +119,18 @@ class Preparation:
         )
 
 
+def resolve_here(preparation: Preparation) -> ResolvedEnvironment:
+    """The prepared environment for a target on this machine, refused if this machine cannot
+    run it (glibc, CUDA driver: `pixi_deploy.target`)."""
+    resolved = preparation.resolve()
+    check_target(
+        resolved.virtual_packages,
+        TargetFacts.here(),
+        f"environment '{resolved.name}' ({resolved.platform})",
+    )
+    return resolved
+
+
 # ----------------------------------------------------------------------------------------------
 # Workspace and packs
 # ----------------------------------------------------------------------------------------------
@@ -179,7 +192,14 @@ def pack(
 def unpack(
     pack_file: PathLike, directory: PathLike, *, reporter: Reporter | None = None
 ) -> UnpackResult:
-    """Install a pack into ``directory`` (new or empty), offline, with its ``activate.sh``."""
+    """Install a pack into ``directory`` (new or empty), offline, with its ``activate.sh``;
+    refused first on a machine that cannot run the environment (glibc, CUDA driver)."""
+    metadata = read_metadata(Path(pack_file))
+    check_target(
+        metadata.virtual_packages,
+        TargetFacts.here(),
+        f"environment '{metadata.environment}' ({metadata.platform})",
+    )
     return unpack_pack(Path(pack_file), Path(directory), reporter=reporter)
 
 
@@ -248,7 +268,7 @@ def deploy_prepared(
     reporter = preparation.reporter
     if target == "local":
         store = LocalStore(local_base(preparation.workspace, base), preparation.cache)
-        return store.deploy(preparation.resolve(), name=name, reporter=reporter)
+        return store.deploy(resolve_here(preparation), name=name, reporter=reporter)
     if target == "ssh":
         from pixi_deploy.store.remote import RemoteStore
 
@@ -286,7 +306,7 @@ def run(
     request = EnvironmentRequest(manifest_path, environment, platform, cache_dir, tuple(inject))
     preparation = Preparation(request, reporter)
     store = LocalStore(local_base(preparation.workspace, base), preparation.cache)
-    metadata = store.deploy(preparation.resolve(), reporter=preparation.reporter)
+    metadata = store.deploy(resolve_here(preparation), reporter=preparation.reporter)
     return store.run(metadata, command)
 
 

@@ -158,7 +158,7 @@ class ResolvedEnvironment:
             source_packages=sources,
             lock_hash=lock_hash(self.platform, list(records), list(pypi)),
             virtual_packages=virtual_package_needs(
-                list(records), self.workspace.system_requirements()
+                list(records), self.workspace.system_requirements(self.name), self.platform
             ),
         )
 
@@ -291,9 +291,21 @@ class Workspace:
             if isinstance(spec, dict) and spec.get("editable") is True
         }
 
-    def system_requirements(self) -> dict[str, str]:
-        table = self._pixi.get("system-requirements", {}) or {}
-        return {str(k): str(v) for k, v in table.items()}
+    def system_requirements(self, environment: str = DEFAULT_ENVIRONMENT) -> list[dict[str, Any]]:
+        """The ``[system-requirements]`` tables that apply to ``environment``: the default
+        feature's (unless it has ``no-default-feature``) and those of its features."""
+        features = self._pixi.get("feature", {}) or {}
+        spec = (self._pixi.get("environments") or {}).get(environment)
+        names: list[str] = []
+        with_default = True
+        if isinstance(spec, list):
+            names = [str(n) for n in spec]
+        elif isinstance(spec, dict):
+            names = [str(n) for n in spec.get("features", [])]
+            with_default = not spec.get("no-default-feature", False)
+        tables = [self._pixi.get("system-requirements")] if with_default else []
+        tables += [(features.get(n) or {}).get("system-requirements") for n in names]
+        return [t for t in tables if isinstance(t, dict)]
 
     # -- lock -------------------------------------------------------------------------------
     @cached_property
@@ -379,7 +391,9 @@ class Workspace:
             conda_records=tuple(records),
             pypi_packages=tuple(pypi),
             lock_hash=lock_hash(target, records, pypi),
-            virtual_packages=virtual_package_needs(records, self.system_requirements()),
+            virtual_packages=virtual_package_needs(
+                records, self.system_requirements(env_name), target
+            ),
             source_packages=tuple(sorted(sources, key=lambda p: p.name)),
         )
 
@@ -434,13 +448,36 @@ def lock_hash(platform: str, records: list[rattler.RepoDataRecord], pypi: list[P
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+#: pixi's ``[system-requirements]`` keys, the virtual package each stands for, and the
+#: platforms it applies to (``macos`` means nothing to a linux-64 environment).
+SYSTEM_REQUIREMENTS = {
+    "linux": ("__linux", ("linux",)),
+    "libc": ("__glibc", ("linux",)),
+    "cuda": ("__cuda", ("linux", "win")),
+    "macos": ("__osx", ("osx",)),
+}
+
+
 def virtual_package_needs(
-    records: list[rattler.RepoDataRecord], system_requirements: dict[str, str]
+    records: list[rattler.RepoDataRecord],
+    system_requirements: list[dict[str, Any]],
+    platform: str = "",
 ) -> tuple[str, ...]:
-    """The `__cuda`, `__glibc`, ... dependencies the target machine must satisfy."""
+    """The `__cuda`, `__glibc`, ... dependencies the target machine must satisfy: the locked
+    packages' own, and the manifest's ``[system-requirements]`` that apply to ``platform``."""
     needs = {d for r in records for d in r.depends if d.startswith("__")}
-    for key, value in system_requirements.items():
-        needs.add(f"__{key} >={value}" if isinstance(value, str) and value else f"__{key}")
+    system = platform.split("-", 1)[0]
+    for table in system_requirements:
+        for key, value in table.items():
+            if key not in SYSTEM_REQUIREMENTS:
+                continue
+            package, systems = SYSTEM_REQUIREMENTS[key]
+            if system and system not in systems:
+                continue
+            if isinstance(value, dict):  # libc = { family = "glibc", version = "2.28" }
+                package = f"__{str(value.get('family') or 'glibc').lower()}"
+                value = value.get("version")
+            needs.add(f"{package} >={value}" if value else package)
     return tuple(sorted(needs))
 
 

@@ -34,6 +34,7 @@ from pixi_deploy.store.payloads import (
     shares,
     stream_payloads,
 )
+from pixi_deploy.target import TargetFacts, check_target
 from pixi_deploy.transport import (
     CommandResult,
     ConnectionLostError,
@@ -103,6 +104,8 @@ class RemoteStore:
         self.last_transfer = TransferReport()
         self._remote_zstd = False
         self._remote_gnu_tar = False
+        #: What the login node provides (glibc, kernel), as its last probe reported it.
+        self.facts = TargetFacts("the cluster's login node")
 
     @property
     def target(self) -> str:
@@ -145,6 +148,7 @@ class RemoteStore:
                     workspace, environment, prepared.platform, lambda _: prepared
                 )
             resolved = prepared
+        check_target(resolved.virtual_packages, self.facts, _what(resolved))
         if existing is None:
             existing = self._deploy_locked(resolved, cache, reporter)
         else:
@@ -185,6 +189,13 @@ class RemoteStore:
         uname = tuple(head_lines[0].split()[:2]) if head_lines else ()
         self._remote_zstd = "zstd=yes" in head_lines
         self._remote_gnu_tar = "gnutar=yes" in head_lines
+        reported = dict(line.split("=", 1) for line in head_lines[1:] if "=" in line)
+        self.facts = TargetFacts.reported(
+            f"the cluster's login node ({self.target})",
+            uname_s=uname[0] if uname else "",
+            glibc_line=reported.get("glibc", ""),
+            kernel=reported.get("kernel", ""),
+        )
         detected = _PLATFORMS.get((uname[0], uname[1])) if len(uname) == 2 else None
         if auto:
             if detected is None:
@@ -417,6 +428,10 @@ class RemoteStore:
         ]
         removed = self._run(sh.PRUNE, [self.base, *doomed]).stdout.split()
         return [self.layout.env(k) for k in removed]
+
+
+def _what(resolved: ResolvedEnvironment) -> str:
+    return f"environment '{resolved.name}' ({resolved.platform})"
 
 
 def _first_line(lines: LineStream, base: str) -> str:

@@ -11,6 +11,8 @@ they are also takes GNU tar and zstd (the probe checks both).
 PROBE = r"""
 base=$1; shift
 uname -sm
+echo "glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null)"
+echo "kernel=$(uname -r)"
 if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi
 case $(tar --version 2>/dev/null | head -n 1) in *"GNU tar"*) echo gnutar=yes ;; esac
 while [ $# -ge 2 ]; do
