@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def test_submit_without_deployment_builds_the_path_dependency(
 ) -> None:
     workspace, server = mirrored
     _, prepared = _prepared_hash(workspace, tmp_path)
-    base = f"{ssh_env.base_path}/api-{tmp_path.name}"
+    base = f"{ssh_env.base_path}/api-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("SLURM_DEPLOYMENT_BASE_PATH", base)
     mark = len(server.requests)
     done = cli(

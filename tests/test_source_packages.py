@@ -5,6 +5,7 @@ them and the way out, and a built package passed with ``--inject`` takes their p
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,7 @@ def test_injected_build_that_conflicts_with_the_lock_is_refused(
 def test_submit_refuses_before_anything_moves(
     build_ws: Path, ssh_env, tmp_path: Path, cli, monkeypatch
 ) -> None:
-    base = f"{ssh_env.base_path}/src-{tmp_path.name}"
+    base = f"{ssh_env.base_path}/src-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("SLURM_DEPLOYMENT_BASE_PATH", base)
     out = cli("submit", "--manifest-path", build_ws, "--", "true")
     assert out.exit_code == 2 and REFUSAL in out.stderr, out.stderr

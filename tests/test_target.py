@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,7 @@ def test_ssh_deploy_is_refused_on_the_login_nodes_glibc(
     fresh_demo_ws: Path, ssh_env, tmp_path: Path, cli, monkeypatch
 ) -> None:
     workspace = require(fresh_demo_ws, "__glibc >=99")
-    base = f"{ssh_env.base_path}/target-{tmp_path.name}"
+    base = f"{ssh_env.base_path}/target-{uuid.uuid4().hex[:8]}"
     out = cli("deploy", "--target", "ssh", "--manifest-path", workspace, "--base", base, "--json")
     assert out.exit_code == 5, out.stderr
     assert (
