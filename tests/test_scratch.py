@@ -98,3 +98,45 @@ def test_this_process_never_prunes_its_own_folders(
         with scratch_folder(tmp_path, "deploy-") as second:
             assert first.is_dir() and second.is_dir()
         assert first.is_dir()
+
+
+class _Stop(BaseException):
+    """What the CLI's SIGTERM handler raises (interrupts.Terminated), for this test only."""
+
+
+@pytest.mark.parametrize("moment", ["after mkdtemp", "after the lock file", "during removal"])
+def test_a_signal_at_any_moment_still_removes_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """SIGTERM right after the folder (or its lock file) appears, before the code that removes
+    it is armed, or while it is being removed: nothing stays behind."""
+    import os
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop()
+
+    def signal_after(real):  # type: ignore[no-untyped-def]
+        def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
+            result = real(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered at once unless held back
+            return result
+
+        return wrapped
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        if moment == "after mkdtemp":
+            monkeypatch.setattr(scratch.tempfile, "mkdtemp", signal_after(scratch.tempfile.mkdtemp))
+        elif moment == "after the lock file":
+            monkeypatch.setattr(scratch, "_open_lock", signal_after(scratch._open_lock))
+        with pytest.raises(_Stop):
+            with scratch_folder(tmp_path, "work-") as folder:
+                (folder / "data").write_text("x")
+                if moment == "during removal":
+                    monkeypatch.setattr(
+                        scratch.shutil, "rmtree", signal_after(scratch.shutil.rmtree)
+                    )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert list(tmp_path.iterdir()) == []

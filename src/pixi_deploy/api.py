@@ -194,13 +194,15 @@ def unpack(
 ) -> UnpackResult:
     """Install a pack into ``directory`` (new or empty), offline, with its ``activate.sh``;
     refused first on a machine that cannot run the environment (glibc, CUDA driver)."""
-    metadata = read_metadata(Path(pack_file))
-    check_target(
-        metadata.virtual_packages,
-        TargetFacts.here(),
-        f"environment '{metadata.environment}' ({metadata.platform})",
-    )
-    return unpack_pack(Path(pack_file), Path(directory), reporter=reporter)
+    pack = Path(pack_file)
+    if pack.is_file():  # else unpack says that it does not exist
+        metadata = read_metadata(pack)
+        check_target(
+            metadata.virtual_packages,
+            TargetFacts.here(),
+            f"environment '{metadata.environment}' ({metadata.platform})",
+        )
+    return unpack_pack(pack, Path(directory), reporter=reporter)
 
 
 def pack_info(pack_file: PathLike) -> PackMetadata:

@@ -9,9 +9,7 @@ listed in ``COMMAND_MODULES``.
 from __future__ import annotations
 
 import importlib
-import signal
 import sys
-import threading
 from typing import Annotated
 
 import typer
@@ -19,6 +17,7 @@ import typer
 from pixi_deploy import __version__
 from pixi_deploy.cli_options import stderr, stdout
 from pixi_deploy.errors import PixiDeployError
+from pixi_deploy.interrupts import Terminated, install_handlers
 
 app = typer.Typer(
     name="pixi-deploy",
@@ -75,21 +74,9 @@ _CLICK_ERRORS = _click_classes("ClickException")
 _CLICK_ABORTS = _click_classes("Abort")
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised where the program is so that every `finally` cleans up (work folders)."""
-
-
-def _install_signal_handlers() -> None:
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_sigterm)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of raising SystemExit."""
-    _install_signal_handlers()
+    install_handlers()
     try:
         result = app(args=argv, prog_name="pixi-deploy", standalone_mode=False)
         if isinstance(result, int):

@@ -22,8 +22,13 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
+
+from pixi_deploy.interrupts import deferred
+
+_T = TypeVar("_T")
 
 LOCK_SUFFIX = ".owner"
 # A folder younger than this is never pruned: its owner may have created the lock file and not
@@ -40,29 +45,56 @@ def scratch_folder(
 ) -> Iterator[Path]:
     """A new, empty folder under ``root``, removed on exit (by a non-daemon thread when
     ``remove_in_background``: deleting many files takes seconds and the result is ready before
-    that), and removed by a later call if this process dies first."""
-    root.mkdir(parents=True, exist_ok=True)
-    prune_abandoned(root, prefix)
-    folder = Path(tempfile.mkdtemp(dir=root, prefix=prefix)).absolute()
-    with _OWN_LOCK:
-        _OWN.add(folder)
-    fd = _open_lock(folder)
+    that), and removed by a later call if this process dies first.
+
+    SIGINT/SIGTERM wait (`interrupts.deferred`) while the folder is made and while it is
+    removed: the CLI turns them into exceptions, and one raised between ``mkdtemp`` and the
+    ``try`` would leave the folder behind."""
+    folder: Path | None = None
+    fd: int | None = None
     try:
-        with contextlib.suppress(OSError):  # no locks on this filesystem: then nobody prunes it
-            fcntl.lockf(fd, fcntl.LOCK_EX)
+        with deferred():  # a signal held back is raised on leaving, inside the try
+            root.mkdir(parents=True, exist_ok=True)
+            prune_abandoned(root, prefix)
+            folder = Path(tempfile.mkdtemp(dir=root, prefix=prefix)).absolute()
+            with _OWN_LOCK:
+                _OWN.add(folder)
+            fd = _open_lock(folder)
+            with contextlib.suppress(OSError):  # no locks on this filesystem: nobody prunes it
+                fcntl.lockf(fd, fcntl.LOCK_EX)
         yield folder
     finally:
+        if folder is not None:
+            with deferred():
+                _remove_later(folder, fd) if remove_in_background else _remove(folder, fd)
 
-        def remove() -> None:
-            _discard(folder)
-            os.close(fd)  # released last, so no pruner removes the folder under rmtree
-            with _OWN_LOCK:
-                _OWN.discard(folder)
 
-        if remove_in_background:
-            threading.Thread(target=remove, name=f"remove {folder.name}").start()
-        else:
-            remove()
+def _remove(folder: Path, fd: int | None) -> None:
+    _discard(folder)
+    if fd is not None:
+        os.close(fd)  # released last, so no pruner removes the folder under rmtree
+    with _OWN_LOCK:
+        _OWN.discard(folder)
+
+
+def _remove_later(folder: Path, fd: int | None) -> None:
+    threading.Thread(target=_remove, args=(folder, fd), name=f"remove {folder.name}").start()
+
+
+@contextlib.contextmanager
+def discarded_on_exit(create: Callable[[], _T], discard: Callable[[_T], object]) -> Iterator[_T]:
+    """``create()`` something temporary (a staging folder, a partial file) and ``discard`` it
+    on exit, whatever ends the block: SIGINT/SIGTERM wait while it is made and discarded
+    (``discard`` must tolerate a thing already renamed into place)."""
+    made: _T | None = None
+    try:
+        with deferred():
+            made = create()
+        yield made
+    finally:
+        if made is not None:
+            with deferred():
+                discard(made)
 
 
 def _lock_path(folder: Path) -> Path:

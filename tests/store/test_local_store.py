@@ -209,6 +209,35 @@ def test_kill_9_during_deploy_never_leaves_half_environment(demo_ws: Path, tmp_p
         assert [p.name for p in (base / "envs").iterdir()] == [key]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_or_sigint_during_deploy_leaves_nothing_behind(
+    demo_ws: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """The signal lands as soon as the staging folder exists (and a little later): the deploy
+    stops, and neither a staging folder nor a half environment stays."""
+    base = tmp_path / "store"
+    key = load_workspace(demo_ws).resolve().short_hash
+    argv = _cli_argv("deploy", demo_ws=demo_ws, base=base)
+    envs = base / "envs"
+    for attempt, delay in enumerate((0.0, 0.0, 0.01, 0.05)):
+        shutil.rmtree(base, ignore_errors=True)
+        proc = subprocess.Popen(
+            [*argv, "--metadata-out", str(tmp_path / "m.json")], env=_env(tmp_path, f"c{attempt}")
+        )
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and not (envs.is_dir() and any(envs.iterdir())):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        time.sleep(delay)
+        proc.send_signal(sig)
+        # -sig: it had finished and was shutting down, when Python no longer handles signals
+        assert proc.wait(timeout=60) in (0, 130, 143, -sig)
+        left = sorted(p.name for p in envs.iterdir()) if envs.is_dir() else []
+        assert left in ([], [key]), left  # no staging folder, whatever the moment
+        if left:
+            assert (envs / key / "deployment_metadata.json").is_file()
+
+
 def test_store_failures(demo_ws: Path, tmp_path: Path, tmpfs, cli) -> None:
     readonly = tmpfs("1m", readonly=True)
     result = cli("deploy", "--manifest-path", demo_ws, "--base", readonly / "store")

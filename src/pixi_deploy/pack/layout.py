@@ -24,6 +24,7 @@ from installer import install as install_wheel
 from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 
+from pixi_deploy import interrupts
 from pixi_deploy.errors import PackError, PixiDeployError, StoreError, store_error_from_os
 from pixi_deploy.pack.archives import Archive, ArchiveSlice
 from pixi_deploy.pack.direct import DeferredPayload, install_direct
@@ -130,7 +131,10 @@ def lay_out_prefix(
         for record in left:  # rattler installs from these verified local files, not the web
             record.url = _local_file(archives[record.file_name], cache_dir).resolve().as_uri()
         if left:  # rattler finds the directly installed ones in conda-meta and leaves them be
-            asyncio.run(_install(list(records), staging, final, platform, cache_dir))
+            with (
+                interrupts.deferred()
+            ):  # else Ctrl-C would leave rattler writing into a removed folder
+                asyncio.run(_install(list(records), staging, final, platform, cache_dir))
     except (OSError, PixiDeployError):
         raise
     except Exception as error:  # rattler's InstallerError wraps the OS error as text

@@ -22,6 +22,7 @@ from pixi_deploy.errors import StoreError, store_error_from_os
 from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import ACTIVATE_NAME, check_environment_path, lay_out_environment
 from pixi_deploy.progress import NullReporter, Reporter
+from pixi_deploy.scratch import discarded_on_exit
 from pixi_deploy.store.layout import StoreLayout
 from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
 from pixi_deploy.workspace import ResolvedEnvironment, current_platform
@@ -74,19 +75,19 @@ class LocalStore:
     ) -> None:
         for stale in final.parent.glob(f".{key}.staging-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed deploy; we hold the lock
-        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}.staging-"))
         try:
-            lay_out_environment(
-                resolved, self.cache, staging=staging, final=final, reporter=reporter
-            )
-            metadata = DeploymentMetadata.for_environment(resolved, str(final), "local")
-            metadata.write(staging / METADATA_NAME)
-            os.rename(staging, final)
+            with discarded_on_exit(
+                lambda: Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}.staging-")),
+                lambda staging: shutil.rmtree(staging, ignore_errors=True),  # gone once renamed
+            ) as staging:
+                lay_out_environment(
+                    resolved, self.cache, staging=staging, final=final, reporter=reporter
+                )
+                metadata = DeploymentMetadata.for_environment(resolved, str(final), "local")
+                metadata.write(staging / METADATA_NAME)
+                os.rename(staging, final)
         except OSError as error:
             raise store_error_from_os(error, final) from error
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
         reporter.step(f"deployed environment {key} at {final}")
 
     def _complete(self, final: Path) -> DeploymentMetadata | None:
