@@ -37,6 +37,7 @@ from rattler.index import index_fs
 
 __all__ = [
     "BINARY_PLACEHOLDER",
+    "CONDA_FORGE_PLACEHOLDER",
     "DEMO_ENVIRONMENTS",
     "TEXT_PLACEHOLDER",
     "GeneratedBytes",
@@ -44,6 +45,7 @@ __all__ = [
     "build_channel",
     "build_package",
     "channel_url",
+    "conda_forge_like_specs",
     "demo_specs",
     "fake_binary",
     "lock_workspace",
@@ -58,6 +60,10 @@ TEXT_PLACEHOLDER = "/opt/anaconda1anaconda2anaconda3"
 #: longer than its placeholder (the string is null-padded in place), so it is long, like
 #: conda-build's ``..._h_env_placehold_placehold...``, to leave room for real deployment paths.
 BINARY_PLACEHOLDER = "/opt/pixi_deploy_build_env" + "_placehold" * 22
+#: conda-forge's own placeholder shape: 255 characters, the same one in text and binary files.
+CONDA_FORGE_PLACEHOLDER = (
+    "/home/conda/feedstock_root/build_artifacts/pkg_1704067200000/_h_env" + "_placehold" * 19
+)[:255]
 
 #: 2024-01-01T00:00:00Z. Every timestamp in a build is this one, so builds are reproducible.
 FIXED_EPOCH = 1_704_067_200
@@ -99,6 +105,12 @@ class PackageSpec:
     (``lib/libx.so -> libx.so.1``, as real shared-library packages have). A ``noarch="python"``
     package keeps its files under ``site-packages/`` and ``python-scripts/``, which the
     installer moves to the environment's ``lib/pythonX.Y/site-packages`` and ``bin``.
+
+    What real conda-forge packages have and the defaults leave out: ``placeholder`` (one
+    placeholder for text and binary files, e.g. :data:`CONDA_FORGE_PLACEHOLDER`),
+    ``payload_info`` (``info/...`` files *inside the payload*, licences, tests and recipes,
+    which paths.json does not list and which must never land in a prefix) and ``hardlinks``
+    (path -> another payload path: a tar hard-link member, both listed in paths.json).
     """
 
     name: str
@@ -116,6 +128,14 @@ class PackageSpec:
     deactivate: dict[str, str] = field(default_factory=dict)
     archive_format: ArchiveFormat = ".conda"
     symlinks: dict[str, str] = field(default_factory=dict)
+    placeholder: str | None = None
+    payload_info: dict[str, FileContent] = field(default_factory=dict)
+    hardlinks: dict[str, str] = field(default_factory=dict)
+
+    def placeholder_for(self, mode: FileMode) -> str:
+        if self.placeholder is not None:
+            return self.placeholder
+        return TEXT_PLACEHOLDER if mode == "text" else BINARY_PLACEHOLDER
 
     @property
     def stem(self) -> str:
@@ -145,6 +165,8 @@ class _Member:
     data: bytes
     executable: bool = False
     link: str | None = None  # a symlink to this (relative) target
+    hardlink: str | None = None  # a hard link to this earlier member
+    listed: bool = True  # in paths.json (info/ files inside a payload are not)
 
 
 def build_package(spec: PackageSpec, out_dir: Path) -> Path:
@@ -170,9 +192,15 @@ def _validate(spec: PackageSpec) -> None:
         raise ValueError(f"{spec.name}: unsupported subdir {spec.subdir!r}")
     if (spec.noarch is not None) != (spec.subdir == "noarch"):
         raise ValueError(f"{spec.name}: noarch packages (and only they) go in the noarch subdir")
+    for path in spec.payload_info:
+        if not path.startswith("info/"):
+            raise ValueError(f"{spec.name}: payload_info path {path} is not under info/")
+    for path, target in spec.hardlinks.items():
+        if target not in spec.files or target in spec.prefix_files:
+            raise ValueError(f"{spec.name}: hard link {path} -> {target} needs a plain file")
     for path, mode in spec.prefix_files.items():
         content = spec.files.get(path)
-        placeholder = TEXT_PLACEHOLDER if mode == "text" else BINARY_PLACEHOLDER
+        placeholder = spec.placeholder_for(mode)
         if isinstance(content, GeneratedBytes) or content is None:
             raise ValueError(f"{spec.name}: prefix file {path} must have literal content")
         raw = content.encode() if isinstance(content, str) else content
@@ -190,11 +218,18 @@ def _render_payload(spec: PackageSpec) -> list[_Member]:
         members.append(_Member(path, data, path in spec.executables))
     for path, target in sorted(spec.symlinks.items()):
         members.append(_Member(path, b"", link=target))
-    return sorted(members, key=lambda m: m.path)
+    for path, target in sorted(spec.hardlinks.items()):
+        source = next(m for m in members if m.path == target)
+        members.append(_Member(path, source.data, source.executable, hardlink=target))
+    for path, content in sorted(spec.payload_info.items()):
+        data = content.encode() if isinstance(content, str) else bytes(content)  # type: ignore[arg-type]
+        members.append(_Member(path, data, listed=False))
+    # a hard link must follow its target in the tar; otherwise, sorted as conda-build sorts
+    return sorted(members, key=lambda m: (m.hardlink is not None, m.path))
 
 
 def _info_members(spec: PackageSpec, payload: list[_Member]) -> list[_Member]:
-    entries = [_paths_entry(spec, m) for m in payload]
+    entries = [_paths_entry(spec, m) for m in payload if m.listed]
     has_prefix = "".join(
         f"{e['prefix_placeholder']} {e['file_mode']} {e['_path']}\n"
         for e in entries
@@ -203,7 +238,7 @@ def _info_members(spec: PackageSpec, payload: list[_Member]) -> list[_Member]:
     files = {
         "info/index.json": _json(_index_json(spec)),
         "info/paths.json": _json({"paths": entries, "paths_version": 1}),
-        "info/files": "".join(m.path + "\n" for m in payload).encode(),
+        "info/files": "".join(m.path + "\n" for m in payload if m.listed).encode(),
         "info/about.json": _json({"license": "BSD-3-Clause", "summary": f"{spec.name} (test)"}),
     }
     if has_prefix:
@@ -241,7 +276,7 @@ def _paths_entry(spec: PackageSpec, member: _Member) -> dict[str, object]:
     mode = spec.prefix_files.get(member.path)
     if mode is not None:
         entry["file_mode"] = mode
-        entry["prefix_placeholder"] = TEXT_PLACEHOLDER if mode == "text" else BINARY_PLACEHOLDER
+        entry["prefix_placeholder"] = spec.placeholder_for(mode)
     return entry
 
 
@@ -258,6 +293,8 @@ def _write_tar(fileobj: BinaryIO, members: Iterable[_Member]) -> None:
             info.mode = 0o755 if m.executable else 0o644
             if m.link is not None:
                 info.type, info.linkname, info.mode = tarfile.SYMTYPE, m.link, 0o777
+            elif m.hardlink is not None:
+                info.type, info.linkname, info.size = tarfile.LNKTYPE, m.hardlink, 0
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(m.data))
@@ -553,6 +590,77 @@ def _greet_extra(subdir: str) -> PackageSpec:
         prefix_files={"bin/greet-extra": "text"},
         executables=frozenset({"bin/greet-extra"}),
     )
+
+
+_LICENSE = "BSD 3-Clause License\n\nCopyright (c) the {name} developers\n"
+_CF_TOOL = """\
+#!/bin/sh
+# cftool: prints where it was installed (a text-mode, 255-character placeholder)
+prefix="{placeholder}"
+echo "cftool at $prefix"
+"""
+
+
+def conda_forge_like_specs(subdir: str = "linux-64") -> list[PackageSpec]:
+    """Packages shaped like conda-forge's (see shared notes on real packages): licences, tests
+    and recipes inside the payload under ``info/`` (several packages with the same names),
+    the 255-character placeholder in binary and text files, ``has_prefix`` beside paths.json,
+    a shared-library softlink chain, a softlink to a folder, a hard link inside a payload, and
+    a ``.tar.bz2`` with the same traits."""
+    so = fake_binary(
+        [f"{CONDA_FORGE_PLACEHOLDER}/lib", f"{CONDA_FORGE_PLACEHOLDER}/share/libcf"], seed=255
+    )
+    libcf = PackageSpec(
+        name="libcf",
+        version="1.2.3",
+        build="h4bc722e_0",
+        subdir=subdir,
+        placeholder=CONDA_FORGE_PLACEHOLDER,
+        files={
+            "lib/libcf.so.1.2.3": so,
+            "share/libcf/doc/README": "libcf\n",
+            "bin/cf-config": f"#!/bin/sh\necho {CONDA_FORGE_PLACEHOLDER}\n",
+            "share/libcf/data.txt": "same bytes, two names\n",
+        },
+        prefix_files={"lib/libcf.so.1.2.3": "binary", "bin/cf-config": "text"},
+        executables=frozenset({"bin/cf-config"}),
+        symlinks={
+            "lib/libcf.so.1": "libcf.so.1.2.3",
+            "lib/libcf.so": "libcf.so.1",
+            "share/doc/libcf": "../libcf/doc",  # a softlink to a folder
+        },
+        hardlinks={"share/libcf/data-copy.txt": "share/libcf/data.txt"},
+        payload_info={
+            "info/licenses/LICENSE": _LICENSE.format(name="libcf"),
+            "info/licenses/COPYING": "GPL-ish, for the test\n",
+            "info/test/run_test.sh": "test -f $PREFIX/lib/libcf.so\n",
+            "info/recipe/meta.yaml": "package: {name: libcf}\n",
+        },
+    )
+    cftool = PackageSpec(
+        name="cftool",
+        version="0.4.0",
+        build="hd590300_1",
+        subdir=subdir,
+        depends=["libcf >=1.2"],
+        placeholder=CONDA_FORGE_PLACEHOLDER,
+        files={"bin/cftool": _CF_TOOL.format(placeholder=CONDA_FORGE_PLACEHOLDER)},
+        prefix_files={"bin/cftool": "text"},
+        executables=frozenset({"bin/cftool"}),
+        payload_info={"info/licenses/LICENSE": _LICENSE.format(name="cftool")},
+    )
+    cfdata = PackageSpec(
+        name="cfdata",
+        version="2024.2",
+        build="h0_2",
+        subdir=subdir,
+        placeholder=CONDA_FORGE_PLACEHOLDER,
+        files={"share/cfdata/paths.txt": f"data lives in {CONDA_FORGE_PLACEHOLDER}/share\n"},
+        prefix_files={"share/cfdata/paths.txt": "text"},
+        payload_info={"info/licenses/LICENSE": _LICENSE.format(name="cfdata")},
+        archive_format=".tar.bz2",
+    )
+    return [libcf, cftool, cfdata]
 
 
 #: The environments of the demo workspace, as :func:`lock_workspace` takes them.
