@@ -19,6 +19,7 @@ from typing import Any
 import rattler
 import tomli
 
+from pixi_deploy.activation import ManifestActivation, read_manifest_activation
 from pixi_deploy.errors import WorkspaceError
 
 MANIFEST_NAMES = ("pixi.toml", "pyproject.toml")
@@ -67,6 +68,8 @@ class ResolvedEnvironment:
     pypi_packages: tuple[PypiPackage, ...]
     lock_hash: str
     virtual_packages: tuple[str, ...] = field(default=())
+    #: The manifest's part of activate.sh; it is part of the hash (see pixi_deploy.activation).
+    activation: ManifestActivation | None = None
 
     @property
     def short_hash(self) -> str:
@@ -114,7 +117,7 @@ class ResolvedEnvironment:
             self,
             conda_records=records,
             pypi_packages=pypi,
-            lock_hash=lock_hash(self.platform, list(records), list(pypi)),
+            lock_hash=lock_hash(self.platform, list(records), list(pypi), self.activation),
             virtual_packages=virtual_package_needs(
                 list(records), self.workspace.system_requirements()
             ),
@@ -205,6 +208,11 @@ class Workspace:
     def name(self) -> str:
         name = self._workspace_table.get("name") or self._raw.get("project", {}).get("name")
         return str(name) if name else self.root.name
+
+    @property
+    def pixi_table(self) -> dict[str, Any]:
+        """The manifest's pixi part: all of pixi.toml, or pyproject.toml's ``[tool.pixi]``."""
+        return self._pixi
 
     @property
     def config(self) -> dict[str, Any]:
@@ -327,6 +335,7 @@ class Workspace:
             pypi = [_pypi(p) for p in lock_env.pypi_packages_for_platform(lock_platform) or []]
         records.sort(key=lambda r: r.name.normalized)
         pypi.sort(key=lambda p: p.name.lower())
+        activation = self.activation(env_name, target)
         return ResolvedEnvironment(
             workspace=self,
             name=env_name,
@@ -334,8 +343,22 @@ class Workspace:
             channels=tuple(str(c) for c in lock_env.channels()),
             conda_records=tuple(records),
             pypi_packages=tuple(pypi),
-            lock_hash=lock_hash(target, records, pypi),
+            lock_hash=lock_hash(target, records, pypi, activation),
             virtual_packages=virtual_package_needs(records, self.system_requirements()),
+            activation=activation,
+        )
+
+    def activation(self, environment: str, platform: str) -> ManifestActivation:
+        """The manifest's activation of ``environment`` on ``platform`` (its scripts read)."""
+        declared = self.declared_environments().get(environment)
+        return read_manifest_activation(
+            self._pixi,
+            self.root,
+            project=self.name,
+            manifest_name=self.manifest_path.name,
+            environment=environment,
+            platform=platform,
+            platforms=declared if declared is not None else [platform],
         )
 
     def describe(self) -> dict[str, Any]:
@@ -353,7 +376,15 @@ class Workspace:
                 "platforms": {},
             }
             for platform in platforms:
-                entry["platforms"][platform] = self.resolve(env_name, platform).summary()
+                resolved = self.resolve(env_name, platform)
+                entry["platforms"][platform] = resolved.summary()
+                try:
+                    if resolved.activation is not None:
+                        resolved.activation.check(self.root)
+                except WorkspaceError as error:
+                    problem = f"environment '{env_name}': {error.message}"
+                    if problem not in result["problems"]:
+                        result["problems"].append(problem)
             result["environments"][env_name] = entry
         return result
 
@@ -366,13 +397,23 @@ def current_platform() -> str:
     return str(rattler.Subdir.current())
 
 
-def lock_hash(platform: str, records: list[rattler.RepoDataRecord], pypi: list[PypiPackage]) -> str:
-    """sha256 of exactly the locked records: content, not where they came from or when.
+def lock_hash(
+    platform: str,
+    records: list[rattler.RepoDataRecord],
+    pypi: list[PypiPackage],
+    activation: ManifestActivation | None = None,
+) -> str:
+    """sha256 of exactly the locked records: content, not where they came from or when; and of
+    the manifest's activation, which activate.sh holds (project name, environment, platforms,
+    [activation] env and the scripts' contents), so two projects never share an environment
+    whose activate.sh is only right for one of them.
 
     A conda record is identified by its archive's sha256 (md5 for old locks without one), so the
     same environment locked against a mirror or a local copy of a channel hashes the same.
     """
     lines = [f"platform {platform}"]
+    if activation is not None:
+        lines.append(f"activation {activation.identity()}")
     for r in records:
         digest = _hex(r.sha256) or _hex(r.md5) or str(r.url)
         lines.append(f"conda {r.name.normalized} {r.version} {r.build} {r.subdir} {digest}")
