@@ -477,9 +477,7 @@ def submit(
     from pixi_deploy.slurm.spec import JobResources, JobSpec
 
     reporter = reporter or NullReporter()
-    transport = transport or _transport()
-    client = slurm_client(transport)
-    shipping = CodeShipping.start(
+    shipping = CodeShipping.start(  # every check that needs no network comes first
         manifest_path,
         deployment,
         code,
@@ -491,6 +489,8 @@ def submit(
         cache_dir,
         reporter,
     )
+    transport = transport or _transport()
+    client = slurm_client(transport)
     metadata = _metadata_on_cluster(
         deployment=deployment,
         manifest_path=manifest_path,

@@ -91,25 +91,44 @@ def take_snapshot(
     paths = select_files(root, rules)
     index = _Index(cache_dir, root) if cache_dir is not None else None
     entries = []
+    stamps = []
     for path in paths:
-        entries.append(_entry(root, path, index))
+        entry, stamp = _entry(root, path, index)
+        entries.append(entry)
+        stamps.append(stamp)
         if on_file is not None:
             on_file(path)
+    for entry, stamp in zip(entries, stamps, strict=True):  # all of it as of one moment
+        try:
+            now = os.lstat(root / entry.path)
+        except FileNotFoundError:
+            now = None
+        if now is None or _stamp(now) != stamp:
+            raise WorkspaceError(
+                f"{entry.path} changed while the code snapshot was taken",
+                "run the command again once nothing is changing the workspace",
+            )
     if index is not None:
         index.save()
     frozen = tuple(entries)
     return Snapshot(root, frozen, digest_of(frozen))
 
 
-def _entry(root: Path, path: str, index: _Index | None) -> SnapshotEntry:
+def _stamp(info: os.stat_result) -> tuple[int, int, int]:
+    return (info.st_size, info.st_mtime_ns, info.st_ino)
+
+
+def _entry(
+    root: Path, path: str, index: _Index | None
+) -> tuple[SnapshotEntry, tuple[int, int, int]]:
     full = root / path
     try:
         info = os.lstat(full)
         if stat.S_ISLNK(info.st_mode):
-            return SnapshotEntry(path, "", 0, os.readlink(full))
+            return SnapshotEntry(path, "", 0, os.readlink(full)), _stamp(info)
         known = index.lookup(path, info) if index is not None else None
         if known is not None:
-            return SnapshotEntry(path, known, info.st_size)
+            return SnapshotEntry(path, known, info.st_size), _stamp(info)
         with open(full, "rb", buffering=0) as source:
             opened = os.fstat(source.fileno())
             digest = hashlib.file_digest(source, "sha256").hexdigest()
@@ -134,7 +153,7 @@ def _entry(root: Path, path: str, index: _Index | None) -> SnapshotEntry:
     key = digest + ("x" if after.st_mode & 0o111 else "")
     if index is not None:
         index.remember(path, after, key)
-    return SnapshotEntry(path, key, after.st_size)
+    return SnapshotEntry(path, key, after.st_size), _stamp(after)
 
 
 class _Index:
