@@ -8,7 +8,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from pixi_deploy.progress import NullReporter
 from pixi_deploy.transport import Transport
@@ -27,10 +27,8 @@ def drop_connection(transport: Transport) -> list[int]:
     ).stdout
     pids = sorted({int(p) for p in re.findall(r"pid=(\d+)", out)})
     for pid in pids:
-        try:
+        with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return pids
 
 
