@@ -238,3 +238,20 @@ def test_hostile_pack_activation_is_refused(bad: dict[str, object]) -> None:
     good = ManifestActivation("p", "default", ("linux-64",), "pixi.toml").to_pack_extra()
     with pytest.raises(PackError):
         ManifestActivation.from_pack_extra({"activation": {**good, **bad}})
+
+
+def test_self_extracting_installer_activates_like_the_deploy(tmp_path: Path) -> None:
+    workspace = make_activation_workspace(tmp_path)
+    installer = api.pack(
+        manifest_path=workspace, environment="cuda", platform="linux-64",
+        output=tmp_path / "env.sh", self_extracting=True, cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    shutil.rmtree(workspace)
+    target = tmp_path / "installed"
+    subprocess.run(
+        ["sh", str(installer.path), "--target", str(target)], check=True, capture_output=True
+    )
+    got = activated(target / "activate.sh")
+    assert got["PIXI_PROJECT_ROOT"] == f"{target}/{CARRIED_DIR}"
+    assert got["ORDER"] == "cuda1(after-package) linux(after-package)"
+    assert (got["FOO_VAR"], got["CONDA_DEFAULT_ENV"]) == ("cuda1", "acttest:cuda")
