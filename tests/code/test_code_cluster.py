@@ -8,6 +8,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,9 @@ def project(template: Path, tmp_path: Path, ssh_env, monkeypatch: pytest.MonkeyP
 
 
 @pytest.fixture
-def remote(ssh_settings) -> Iterator[Transport]:
-    with Transport(ssh_settings) as t:
+def remote(ssh_settings, project: Path) -> Iterator[Transport]:
+    """A connection whose base path is this test's own (as the API's default one has)."""
+    with Transport(replace(ssh_settings, base_path=_base())) as t:
         yield t
 
 
@@ -134,6 +136,10 @@ def test_jobs_never_change_the_snapshot_or_each_other(project: Path, remote: Tra
     seen = second.logs()[0]
     assert "No such file" in seen and seen.splitlines()[1] == "import argparse, os, sys"
     assert 'VERSION = "v1"' in seen
+    tasks = api.submit(["sh", "-c", "pwd; echo mine > mine.txt"], array="0-1")
+    assert tasks.wait().ok
+    outs = _sh(remote, 'cat "$1"/stdout-*.log', tasks.run_dir).split()
+    assert sorted(outs) == [f"{tasks.run_dir}/work-0", f"{tasks.run_dir}/work-1"]
 
 
 def test_edit_one_file_resubmit_moves_about_that_file(project: Path, remote: Transport) -> None:
@@ -164,6 +170,9 @@ def test_edit_one_file_resubmit_moves_about_that_file(project: Path, remote: Tra
     result = job.wait()
     assert result.ok, result.message()
     assert "train: model v2" in job.logs()[0]
+    # the snapshot before the edit, which the new one was copied from, is untouched
+    snapshots = _sh(remote, 'grep -h "^VERSION" "$1"/code/*/files/src/model.py', _base())
+    assert sorted(snapshots.split("\n")[:2]) == ['VERSION = "v1"', 'VERSION = "v2"']
 
 
 def test_task_with_depends_on_args_and_env(project: Path, cli) -> None:
@@ -247,26 +256,71 @@ def test_a_file_changed_while_sent_publishes_nothing(
     assert snapshot.hash not in listed and not [n for n in listed if ".staging-" in n]
 
 
-def test_a_pruned_snapshot_is_sent_again_and_prune_spares_running_jobs(
+def test_a_pruned_snapshot_is_sent_again_and_prune_spares_snapshots_in_use(
     project: Path, remote: Transport, cli
 ) -> None:
     first = take_snapshot(project, CodeRules()).hash
-    running = api.submit(["sleep", "300"], resources=JobResources(time="00:10:00"))
+    # a job holds its snapshot's in-use lock while it runs (shared, on the lock file)
+    held = api.submit(
+        [
+            "sh",
+            "-c",
+            f'flock -xn "{_base()}/locks/code-{first}.in-use" true && echo free || echo held',
+        ]
+    )
+    assert held.wait().ok and held.logs()[0] == "held\n"
     (project / "notes.txt").write_text("second version\n")
     second = take_snapshot(project, CodeRules()).hash
     assert api.submit(["true"]).wait().ok
-    _wait_running(running)
     listed = json.loads(cli("list", "--target", "ssh", "--json").stdout)["code_snapshots"]
-    assert {s["hash"] for s in listed} == {first, second}
-    assert listed[0]["files"] == 8 and listed[0]["path"].startswith(f"{_base()}/code/")
-    pruned = cli("prune", "--target", "ssh", "--keep", "5", "--keep-code", "0", "--json")
-    assert pruned.exit_code == 0, pruned.stderr
-    removed = json.loads(pruned.stdout)["removed"]
-    assert removed == [f"{_base()}/code/{second}"], "the running job's snapshot stays"
+    assert [s["hash"] for s in listed] == [second, first]  # most recently used first
+    assert listed[0]["files"] == 8 and listed[0]["path"] == f"{_base()}/code/{second}"
+    # the first snapshot in use, as a running job holds it (the same lock, taken the same way)
+    lock = remote.iter_lines(
+        ["sh", "-c", 'exec 7>>"$1" && flock -s 7 && echo held && exec sleep 600', "sh",
+         f"{_base()}/locks/code-{first}.in-use"]
+    )  # fmt: skip
+    try:
+        assert next(iter(lock)) == ("stdout", "held")
+        pruned = cli("prune", "--target", "ssh", "--keep", "5", "--keep-code", "0", "--json")
+        assert pruned.exit_code == 0, pruned.stderr
+        assert json.loads(pruned.stdout)["removed"] == [f"{_base()}/code/{second}"]
+    finally:
+        lock.close()
     # this machine believes `second` is there: the submit finds out, sends it again, runs
     job = api.submit(["cat", "notes.txt"])
     assert job.wait().ok and job.logs()[0] == "second version\n"
-    running.cancel()
+    # every snapshot pruned, the last one this machine sent among them: an edit then goes as
+    # the whole snapshot (the base for a delta is gone)
+    pruned = cli("prune", "--target", "ssh", "--keep", "5", "--keep-code", "0", "--json")
+    assert sorted(json.loads(pruned.stdout)["removed"]) == sorted(
+        f"{_base()}/code/{h}" for h in (first, second)
+    )
+    (project / "notes.txt").write_text("third version\n")
+    job = api.submit(["cat", "notes.txt"])
+    assert job.wait().ok and job.logs()[0] == "third version\n"
+
+
+def test_concurrent_uploads_of_one_snapshot(project: Path, ssh_settings, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    (project / "weights.bin").write_bytes(os.urandom(8_000_000))
+    snapshot = take_snapshot(project, CodeRules())
+
+    def upload(i: int) -> tuple[str, str]:
+        with Transport(replace(ssh_settings, base_path=_base())) as t:  # two "machines"
+            store = CodeStore(t, _base(), cache_dir=tmp_path / f"cache-{i}")
+            return store.ensure(snapshot), store.last_transfer.mode
+
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(upload, range(2)))
+    assert {path for path, _ in done} == {f"{_base()}/code/{snapshot.hash}"}
+    with Transport(replace(ssh_settings, base_path=_base())) as t:
+        check = _sh(
+            t, 'cd "$1/code" && sha256sum "$2/files/weights.bin"; ls -A', _base(), snapshot.hash
+        )
+    assert check.split()[0] == snapshot.by_path()["weights.bin"].sha256
+    assert not [n for n in check.split() if n.startswith((".incoming", f".{snapshot.hash}."))]
 
 
 def test_bad_input_is_one_line_and_ships_nothing(project: Path, remote: Transport, cli) -> None:
@@ -294,16 +348,3 @@ def test_bad_input_is_one_line_and_ships_nothing(project: Path, remote: Transpor
     (project / "scripts" / "setup.sh").write_text(SETUP)
     ok = cli("submit", "--workdir", "src", "--", "pwd")
     assert ok.exit_code == 0 and ok.stdout.strip().endswith("/work/src"), ok.stderr
-
-
-def _wait_running(job) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status = job.status()
-        if status.running:
-            return
-        assert not status.final, status
-        time.sleep(0.3)
-    raise AssertionError("the job did not start")

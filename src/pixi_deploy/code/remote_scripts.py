@@ -24,6 +24,9 @@ if command -v zstd >/dev/null 2>&1; then echo zstd=yes; else echo zstd=no; fi
 if [ -f "$code/$hash/snapshot.json" ]; then echo present; exit 0; fi
 mkdir -p "$code/.objects" "$base/locks" || exit 3
 exec 8>"$base/locks/code-gc.lock" && flock -s 8 || exit 3
+# an upload of this snapshot may be writing its objects right now: wait for it to end
+exec 9>"$base/locks/code-$hash.lock" && flock -x 9 || exit 3
+if [ -f "$code/$hash/snapshot.json" ]; then echo present; exit 0; fi
 inc="$code/.incoming-$hash/objects"
 if [ -d "$inc" ]; then
   (cd "$inc" && find . -mindepth 1 -maxdepth 1 -type f -print0 | xargs -0 -r sha256sum) |
@@ -58,7 +61,8 @@ if [ -f "$code/$hash/snapshot.json" ]; then cat >/dev/null; echo present; exit 0
 inc="$code/.incoming-$hash"
 stage="$code/.$hash.staging-$nonce"
 mkdir -p "$inc/objects"
-rm -rf "$stage"
+# we hold this snapshot's lock: any other staging folder of it is a killed upload's
+rm -rf "$code/.$hash.staging-"*
 trap 'rm -rf "$stage"' EXIT
 if [ -n "$from" ]; then
   if [ ! -f "$code/$from/snapshot.json" ]; then cat >/dev/null; echo base-missing; exit 0; fi
