@@ -300,7 +300,7 @@ def run(
         )
     if deployment is not None:
         metadata = DeploymentMetadata.read(Path(deployment))
-        argv, cwd, env = _local_command(
+        argv, cwd, env = project.local_command(
             workspace, command, task, metadata.environment, metadata.platform
         )
         return run_in_environment(Path(metadata.deployment_path), argv, cwd=cwd, env=env)
@@ -312,31 +312,12 @@ def run(
         )
     preparation = Preparation(request, reporter)
     resolved = preparation.resolve()
-    argv, cwd, env = _local_command(
+    argv, cwd, env = project.local_command(
         preparation.workspace, command, task, resolved.name, resolved.platform
     )
     store = LocalStore(local_base(preparation.workspace, base), preparation.cache)
     metadata = store.deploy(resolved, reporter=preparation.reporter)
     return store.run(metadata, argv, cwd=cwd, env=env)
-
-
-def _local_command(
-    workspace: Workspace | None,
-    command: Sequence[str],
-    task: str | None,
-    environment: str,
-    platform: str,
-) -> tuple[list[str], Path | None, dict[str, str]]:
-    """(argv, cwd, extra variables) of a local run: the project root is the workspace."""
-    from pixi_deploy import project
-
-    if workspace is None:
-        return list(command), None, {}
-    env = {"PIXI_PROJECT_ROOT": str(workspace.root)}
-    if task is None:
-        return list(command), None, env
-    planned = project.plan(workspace, task, command, environment, [platform])
-    return planned.command(), workspace.root, env
 
 
 def open_store(

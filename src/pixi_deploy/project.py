@@ -147,6 +147,24 @@ def _tasks_or_empty(workspace: Workspace, environment: str, platform: str) -> se
         return set()
 
 
+def local_command(
+    workspace: Workspace | None,
+    command: Sequence[str],
+    task: str | None,
+    environment: str,
+    platform: str,
+) -> tuple[list[str], Path | None, dict[str, str]]:
+    """(argv, cwd, extra variables) of a local run: the project root is the workspace, and a
+    task runs there, as with ``pixi run``."""
+    if workspace is None:
+        return list(command), None, {}
+    env = {"PIXI_PROJECT_ROOT": str(workspace.root)}
+    if task is None:
+        return list(command), None, env
+    planned = plan(workspace, task, command, environment, [platform])
+    return planned.command(), workspace.root, env
+
+
 @dataclass
 class CodeShipping:
     """One submit's code and task, from the first check to the job: what :func:`api.submit`
