@@ -27,6 +27,7 @@ after-fail = { cmd = "echo never", depends-on = ["fail"] }
 loop-a = { cmd = "true", depends-on = ["loop-b"] }
 loop-b = { cmd = "true", depends-on = ["loop-a"] }
 cached = { cmd = "true", inputs = ["src/*.py"], outputs = ["outputs/x"] }
+clean = { cmd = "true", clean-env = true }
 deno = "python train.py &> outputs/all.log"
 elsewhere = { depends-on = [{ task = "prepare", environment = "other" }] }
 overridden = "echo generic"
@@ -142,6 +143,7 @@ def test_a_failing_dependency_fails_the_task(run) -> None:
         (["--task", "nope"], "has no task 'nope'"),
         (["--task", "loop-a"], "cycle: loop-a -> loop-b -> loop-a"),
         (["--task", "cached"], "inputs/outputs"),
+        (["--task", "clean"], "clean-env"),
         (["--task", "deno"], "'&>'"),
         (["--task", "elsewhere"], "environment 'other'"),
         (["--task", "train"], "needs its argument 'epochs'"),

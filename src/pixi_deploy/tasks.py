@@ -17,6 +17,7 @@ What pixi does, and so what this does (pixi's manifest and task docs, and its ``
   relative to the project root, where tasks run by default.
 
 Refused, with one line that says why: ``inputs``/``outputs`` (pixi's task cache needs pixi),
+``clean-env`` (pixi's minimal environment),
 a dependency in another environment, MiniJinja beyond ``{{ name }}``, and deno_task_shell syntax
 that a POSIX shell reads differently (``|&``, ``&>``, ``**`` globs).
 """
@@ -65,6 +66,7 @@ class Task:
     description: str | None = None
     caches: bool = False  # has inputs/outputs
     default_environment: str | None = None
+    clean_env: bool = False
 
     def describe(self) -> dict[str, Any]:
         """For ``inspect --json``."""
@@ -170,6 +172,7 @@ def parse_task(name: str, value: Any) -> Task:
         description=value.get("description"),
         caches=bool(value.get("inputs") or value.get("outputs")),
         default_environment=value.get("default-environment"),
+        clean_env=bool(value.get("clean-env", False)),
     )
 
 
@@ -227,6 +230,11 @@ def unsupported_reason(task: Task) -> str | None:
         return (
             "it has inputs/outputs, and skipping it when they are unchanged needs pixi's task "
             "cache; remove them to run it every time, or run it with pixi"
+        )
+    if task.clean_env:
+        return (
+            "it asks for clean-env, pixi's own minimal environment; drop clean-env to run it "
+            "in the job's activated environment"
         )
     commands = [task.cmd] if isinstance(task.cmd, str) else list(task.cmd or ())
     for command in commands:
