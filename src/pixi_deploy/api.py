@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pixi_deploy.channels import ChannelSettings
-from pixi_deploy.errors import ConfigError
+from pixi_deploy.errors import ConfigError, WorkspaceError
 from pixi_deploy.pack import DownloadCache, PackMetadata, UnpackResult, read_metadata
 from pixi_deploy.pack import unpack as unpack_pack
 from pixi_deploy.pack.inject import prepare_environment
@@ -39,6 +39,7 @@ from pixi_deploy.workspace import (
 )
 
 if TYPE_CHECKING:
+    from pixi_deploy.code.remote import CodeStore
     from pixi_deploy.containers.image import ImageOptions, ImageResult
     from pixi_deploy.slurm.job import Job
     from pixi_deploy.slurm.spec import JobResources
@@ -89,7 +90,10 @@ class Preparation:
 
     def prepare(self, resolved: ResolvedEnvironment) -> ResolvedEnvironment:
         """Built path dependencies and injected files in; refused if anything stays that no
-        target could install (a pixi-build source package nobody built)."""
+        target could install (a pixi-build source package nobody built, a missing activation
+        script)."""
+        if resolved.activation is not None:  # a missing activation script: before anything moves
+            resolved.activation.check(self.workspace.root)
         prepared = prepare_environment(
             resolved,
             self.cache,
@@ -137,8 +141,21 @@ def resolve_here(preparation: Preparation) -> ResolvedEnvironment:
 
 
 def inspect(manifest_path: PathLike | None = None) -> dict[str, Any]:
-    """What ``inspect --json`` prints: environments, platforms, counts, hashes, problems."""
-    return load_workspace(Path(manifest_path) if manifest_path else None).describe()
+    """What ``inspect --json`` prints: environments, platforms, counts, hashes, problems, and
+    each environment's tasks per platform (with whether pixi-deploy can run them)."""
+    from pixi_deploy.tasks import environment_tasks
+
+    workspace = load_workspace(Path(manifest_path) if manifest_path else None)
+    description = workspace.describe()
+    for env_name, entry in description["environments"].items():
+        for platform, summary in entry["platforms"].items():
+            try:
+                found = environment_tasks(workspace.pixi_table, env_name, platform)
+            except WorkspaceError as error:
+                description["problems"].append(f"tasks of '{env_name}': {error.message}")
+                continue
+            summary["tasks"] = {name: task.describe() for name, task in sorted(found.items())}
+    return description
 
 
 @dataclass(frozen=True)
@@ -289,7 +306,7 @@ def deploy_prepared(
 
 
 def run(
-    command: Sequence[str],
+    command: Sequence[str] = (),
     *,
     manifest_path: PathLike | None = None,
     environment: str | None = None,
@@ -298,18 +315,41 @@ def run(
     deployment: PathLike | None = None,
     cache_dir: PathLike | None = None,
     inject: Sequence[PathLike] = (),
+    task: str | None = None,
     reporter: Reporter | None = None,
 ) -> int:
     """Run ``command`` in a local deployment (deployed first unless ``deployment`` names a
-    deployment_metadata.json); returns its exit code."""
+    deployment_metadata.json); returns its exit code.
+
+    With ``task``, runs that task of the manifest (``command`` are its arguments) as ``pixi
+    run`` would: dependencies first, in the workspace's root (``PIXI_PROJECT_ROOT``)."""
+    from pixi_deploy import project
+
+    workspace = project.workspace_or_none(manifest_path) if deployment is not None else None
+    if task is not None and deployment is not None and workspace is None:
+        raise ConfigError(
+            "--task needs the workspace", "run it in the project or pass --manifest-path"
+        )
     if deployment is not None:
         metadata = DeploymentMetadata.read(Path(deployment))
-        return run_in_environment(Path(metadata.deployment_path), command)
+        argv, cwd, env = project.local_command(
+            workspace, command, task, metadata.environment, metadata.platform
+        )
+        return run_in_environment(Path(metadata.deployment_path), argv, cwd=cwd, env=env)
     request = EnvironmentRequest(manifest_path, environment, platform, cache_dir, tuple(inject))
+    if task is not None:
+        ws = load_workspace(Path(manifest_path) if manifest_path else None)
+        request = replace(
+            request, environment=project.task_environment(ws, task, environment, platform)
+        )
     preparation = Preparation(request, reporter)
+    resolved = resolve_here(preparation)
+    argv, cwd, env = project.local_command(
+        preparation.workspace, command, task, resolved.name, resolved.platform
+    )
     store = LocalStore(local_base(preparation.workspace, base), preparation.cache)
-    metadata = store.deploy(resolve_here(preparation), reporter=preparation.reporter)
-    return store.run(metadata, command)
+    metadata = store.deploy(resolved, reporter=preparation.reporter)
+    return store.run(metadata, argv, cwd=cwd, env=env)
 
 
 def open_store(
@@ -338,12 +378,45 @@ def prune(
     target: str = "local",
     base: PathLike | None = None,
     *,
+    keep_code: int | None = None,
     transport: Transport | None = None,
 ) -> list[str]:
-    """Remove all but the ``keep`` newest deployments; never named ones, nor any in use."""
-    if keep < 0:
-        raise ConfigError(f"--keep {keep} is negative", "pass how many to keep, 0 or more")
-    return open_store(target, base, transport=transport).prune(keep)
+    """Remove all but the ``keep`` newest deployments (never named ones, nor any in use), and
+    on a cluster all but the ``keep_code`` (default ``keep``) most recently used code snapshots
+    (never one a running job uses); returns the removed paths."""
+    for value, option in ((keep, "--keep"), (keep_code, "--keep-code")):
+        if value is not None and value < 0:
+            raise ConfigError(f"{option} {value} is negative", "pass how many to keep, 0 or more")
+    removed = open_store(target, base, transport=transport).prune(keep)
+    code = _code_store(target, base, transport)
+    if code is not None:
+        removed += code.prune(keep if keep_code is None else keep_code)
+    return removed
+
+
+def list_code_snapshots(
+    target: str = "local", base: PathLike | None = None, *, transport: Transport | None = None
+) -> list[dict[str, Any]]:
+    """The code snapshots on a cluster (most recently used first); none in a local store."""
+    code = _code_store(target, base, transport)
+    return code.snapshots() if code is not None else []
+
+
+def _code_store(
+    target: str, base: PathLike | None, transport: Transport | None
+) -> CodeStore | None:
+    if target != "ssh":
+        return None
+    from pixi_deploy.code.remote import CodeStore
+    from pixi_deploy.pack.fetch import default_cache_dir
+
+    transport = transport or _transport()
+    chosen = str(base) if base else transport.base_path
+    if not chosen:
+        raise ConfigError(
+            "SLURM_DEPLOYMENT_BASE_PATH is not set", "set it, or pass --base with --target ssh"
+        )
+    return CodeStore(transport, chosen, cache_dir=default_cache_dir())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,25 +439,30 @@ def environment_on_cluster(
 ) -> str:
     """The path of the environment a job runs in: the one ``deployment`` names, or the
     workspace's, deployed now (a no-op round trip when it is there)."""
-    if deployment is not None:
-        return DeploymentMetadata.read(Path(deployment)).deployment_path
-    metadata = deploy(
+    return _metadata_on_cluster(
+        deployment=deployment,
         manifest_path=manifest_path,
         environment=environment,
         platform=platform,
-        target="ssh",
-        base=base,
         cache_dir=cache_dir,
         inject=inject,
         build_sdists=build_sdists,
+        base=base,
         reporter=reporter,
         transport=transport,
-    )
-    return metadata.deployment_path
+    ).deployment_path
+
+
+def _metadata_on_cluster(
+    *, deployment: PathLike | None, **deploy_options: Any
+) -> DeploymentMetadata:
+    if deployment is not None:
+        return DeploymentMetadata.read(Path(deployment))
+    return deploy(target="ssh", **deploy_options)
 
 
 def submit(
-    command: Sequence[str],
+    command: Sequence[str] = (),
     *,
     resources: JobResources | None = None,
     job_name: str = "pixi-deploy",
@@ -396,33 +474,60 @@ def submit(
     cache_dir: PathLike | None = None,
     inject: Sequence[PathLike] = (),
     build_sdists: bool = False,
+    code: bool = True,
+    workdir: str | None = None,
+    task: str | None = None,
     reporter: Reporter | None = None,
     transport: Transport | None = None,
 ) -> Job:
     """Run ``command`` as a Slurm job in the deployed environment (deployed first when
-    needed); returns the :class:`~pixi_deploy.slurm.Job` to wait on, follow or cancel."""
+    needed); returns the :class:`~pixi_deploy.slurm.Job` to wait on, follow or cancel.
+
+    The job starts in its own working copy of the workspace's code snapshot (``code=False``:
+    in its run folder, without code), at ``workdir`` inside it. With ``task``, it runs that task
+    of the manifest, ``command`` being the task's arguments."""
+    from pixi_deploy.project import CodeShipping
     from pixi_deploy.slurm.spec import JobResources, JobSpec
 
+    reporter = reporter or NullReporter()
+    shipping = CodeShipping.start(  # every check that needs no network comes first
+        manifest_path,
+        deployment,
+        code,
+        workdir,
+        task,
+        command,
+        environment,
+        platform,
+        cache_dir,
+        reporter,
+    )
     transport = transport or _transport()
-    env_path = environment_on_cluster(
+    client = slurm_client(transport)
+    metadata = _metadata_on_cluster(
         deployment=deployment,
         manifest_path=manifest_path,
-        environment=environment,
+        environment=shipping.environment,
         platform=platform,
         cache_dir=cache_dir,
         inject=inject,
         build_sdists=build_sdists,
+        base=None,
         reporter=reporter,
         transport=transport,
     )
+    argv = shipping.command(command, metadata)
+    checkout = shipping.send(transport, client.base, metadata)
     spec = JobSpec(
-        command=list(command),
-        environment_path=env_path,
+        command=argv,
+        environment_path=metadata.deployment_path,
         name=job_name,
         resources=resources or JobResources(),
         array=array,
+        code=checkout,
+        workdir=workdir if checkout is None else None,
     )
-    return slurm_client(transport).submit(spec)
+    return shipping.submit(client, spec)
 
 
 def slurm_client(transport: Transport | None = None) -> Any:

@@ -221,7 +221,10 @@ def deploy(
 
 
 def run(
-    command: Annotated[list[str], typer.Argument(help="The command to run, after --")],
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="The command to run, or with --task the task's arguments (after --)"),
+    ] = None,
     manifest_path: ManifestPath = None,
     environment: EnvironmentOpt = None,
     platform: PlatformOpt = None,
@@ -234,20 +237,29 @@ def run(
         ),
     ] = None,
     cache_dir: CacheDirOpt = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="Run this task of the manifest, as `pixi run NAME` would (in the workspace)",
+        ),
+    ] = None,
 ) -> None:
-    """Run a command inside a deployed environment (deploying it first if needed); exits with its code."""
+    """Run a command (or a task of the manifest) inside a deployed environment, deploying it
+    first if needed; exits with its code."""
     if target != "local":
         raise ConfigError(
             f"`run` runs on the local target, not '{target}'", "use `pixi-deploy submit` for Slurm"
         )
     code = api.run(
-        command,
+        command or [],
         manifest_path=manifest_path,
         environment=environment,
         platform=platform,
         base=base,
         deployment=deployment,
         cache_dir=cache_dir,
+        task=task,
         reporter=_reporter(True),
     )
     raise typer.Exit(code)
@@ -258,12 +270,18 @@ def list_command(
     base: BaseOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """List the environments deployed in a store, newest first."""
+    """List the environments deployed in a store, newest first (and, on a cluster, its code
+    snapshots, most recently used first)."""
     deployments, names = api.list_deployments(target, base)
+    snapshots = api.list_code_snapshots(target, base)
     if json_:
         stdout.print_json(
             json.dumps(
-                {"deployments": [json.loads(d.to_json()) for d in deployments], "names": names}
+                {
+                    "deployments": [json.loads(d.to_json()) for d in deployments],
+                    "names": names,
+                    "code_snapshots": snapshots,
+                }
             )
         )
         return
@@ -281,6 +299,21 @@ def list_command(
             item.deployment_path,
         )
     stdout.print(table)
+    if snapshots:
+        code_table = Table(title="code snapshots")
+        for column in ("hash", "files", "MB", "created", "git commit", "path"):
+            code_table.add_column(column)
+        for snap in snapshots:
+            commit = str(snap.get("git_commit") or "")[:12] + ("*" if snap.get("git_dirty") else "")
+            code_table.add_row(
+                str(snap.get("hash")),
+                str(snap.get("files")),
+                f"{int(snap.get('bytes') or 0) / 1e6:.1f}",
+                str(snap.get("created")),
+                commit,
+                str(snap.get("path")),
+            )
+        stdout.print(code_table)
 
 
 def prune(
@@ -289,10 +322,19 @@ def prune(
     ],
     target: TargetOpt = "local",
     base: BaseOpt = None,
+    keep_code: Annotated[
+        int | None,
+        typer.Option(
+            "--keep-code",
+            min=0,
+            help="How many of the most recently used code snapshots to keep (default: --keep)",
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Remove old environments; never named ones, nor any a running job is using."""
-    removed = api.prune(keep, target, base)
+    """Remove old environments and code snapshots; never named environments, nor anything a
+    running job is using."""
+    removed = api.prune(keep, target, base, keep_code=keep_code)
     _emit(
         json_,
         {"removed": removed},

@@ -19,6 +19,7 @@ from typing import Any
 import rattler
 import tomli
 
+from pixi_deploy.activation import ManifestActivation, read_manifest_activation
 from pixi_deploy.errors import WorkspaceError
 
 MANIFEST_NAMES = ("pixi.toml", "pyproject.toml")
@@ -100,6 +101,8 @@ class ResolvedEnvironment:
     virtual_packages: tuple[str, ...] = field(default=())
     #: pixi-build source packages still to be built (see `SourcePackage`).
     source_packages: tuple[SourcePackage, ...] = field(default=())
+    #: The manifest's part of activate.sh; it is part of the hash (see pixi_deploy.activation).
+    activation: ManifestActivation | None = None
 
     @property
     def short_hash(self) -> str:
@@ -156,7 +159,7 @@ class ResolvedEnvironment:
             conda_records=records,
             pypi_packages=pypi,
             source_packages=sources,
-            lock_hash=lock_hash(self.platform, list(records), list(pypi)),
+            lock_hash=lock_hash(self.platform, list(records), list(pypi), self.activation),
             virtual_packages=virtual_package_needs(
                 list(records), self.workspace.system_requirements(self.name), self.platform
             ),
@@ -247,6 +250,11 @@ class Workspace:
     def name(self) -> str:
         name = self._workspace_table.get("name") or self._raw.get("project", {}).get("name")
         return str(name) if name else self.root.name
+
+    @property
+    def pixi_table(self) -> dict[str, Any]:
+        """The manifest's pixi part: all of pixi.toml, or pyproject.toml's ``[tool.pixi]``."""
+        return self._pixi
 
     @property
     def config(self) -> dict[str, Any]:
@@ -383,6 +391,7 @@ class Workspace:
             sources = _source_packages(lock_env, lock_platform)
         records.sort(key=lambda r: r.name.normalized)
         pypi.sort(key=lambda p: p.name.lower())
+        activation = self.activation(env_name, target)
         return ResolvedEnvironment(
             workspace=self,
             name=env_name,
@@ -390,11 +399,25 @@ class Workspace:
             channels=tuple(str(c) for c in lock_env.channels()),
             conda_records=tuple(records),
             pypi_packages=tuple(pypi),
-            lock_hash=lock_hash(target, records, pypi),
+            lock_hash=lock_hash(target, records, pypi, activation),
             virtual_packages=virtual_package_needs(
                 records, self.system_requirements(env_name), target
             ),
             source_packages=tuple(sorted(sources, key=lambda p: p.name)),
+            activation=activation,
+        )
+
+    def activation(self, environment: str, platform: str) -> ManifestActivation:
+        """The manifest's activation of ``environment`` on ``platform`` (its scripts read)."""
+        declared = self.declared_environments().get(environment)
+        return read_manifest_activation(
+            self._pixi,
+            self.root,
+            project=self.name,
+            manifest_name=self.manifest_path.name,
+            environment=environment,
+            platform=platform,
+            platforms=declared if declared is not None else [platform],
         )
 
     def describe(self) -> dict[str, Any]:
@@ -420,6 +443,13 @@ class Workspace:
                         f"environment '{env_name}' ({platform}) has pixi-build source packages "
                         f"that must be built before it can be packed or deployed: {names}"
                     )
+                try:
+                    if resolved.activation is not None:
+                        resolved.activation.check(self.root)
+                except WorkspaceError as error:
+                    problem = f"environment '{env_name}': {error.message}"
+                    if problem not in result["problems"]:
+                        result["problems"].append(problem)
             result["environments"][env_name] = entry
         return result
 
@@ -432,13 +462,23 @@ def current_platform() -> str:
     return str(rattler.Subdir.current())
 
 
-def lock_hash(platform: str, records: list[rattler.RepoDataRecord], pypi: list[PypiPackage]) -> str:
-    """sha256 of exactly the locked records: content, not where they came from or when.
+def lock_hash(
+    platform: str,
+    records: list[rattler.RepoDataRecord],
+    pypi: list[PypiPackage],
+    activation: ManifestActivation | None = None,
+) -> str:
+    """sha256 of exactly the locked records: content, not where they came from or when; and of
+    the manifest's activation, which activate.sh holds (project name, environment, platforms,
+    [activation] env and the scripts' contents), so two projects never share an environment
+    whose activate.sh is only right for one of them.
 
     A conda record is identified by its archive's sha256 (md5 for old locks without one), so the
     same environment locked against a mirror or a local copy of a channel hashes the same.
     """
     lines = [f"platform {platform}"]
+    if activation is not None:
+        lines.append(f"activation {activation.identity()}")
     for r in records:
         digest = _hex(r.sha256) or _hex(r.md5) or str(r.url)
         lines.append(f"conda {r.name.normalized} {r.version} {r.build} {r.subdir} {digest}")

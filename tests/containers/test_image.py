@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from containers.registry_fixture import CutProxy, Registry, ensure_tools, free_port
+from helpers.activation import make_activation_workspace
 from helpers.workspaces import CliResult
 from pixi_deploy.containers.image import (
     ImageOptions,
@@ -470,3 +471,33 @@ def test_failures_are_one_line(
     )
     one_line_error(cli(*base, "--tag", "demo:1", "--prefix", "relative/env"), 9, "--prefix")
     assert not os.listdir(tmp_path)
+
+
+def test_image_entrypoint_activates_the_manifest_activation(
+    busybox_base: Path, tmp_path: Path, cli: Callable[..., CliResult]
+) -> None:
+    """The entrypoint sources activate.sh: the manifest's scripts (carried in the image) and
+    env, and pixi's variables, as `pixi shell-hook` has them (tests/test_activation.py)."""
+    workspace = make_activation_workspace(tmp_path / "ws")
+    dest = tmp_path / "act.oci"
+    built = cli(
+        "image", "--manifest-path", workspace, "-e", "cuda", "-p", "linux-64", "--tag",
+        "act:1", "--base", f"{busybox_base}:latest", "--dest", dest, "--cache-dir",
+        tmp_path / "cache",
+    )  # fmt: skip
+    assert built.exit_code == 0, built.stderr
+    bundle = tmp_path / "bundle"
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{dest}:1", str(bundle)], check=True, capture_output=True
+    )
+    prefix = "/app/.pixi/envs/cuda"
+    run = subprocess.run(
+        [shutil.which("chroot") or "/usr/sbin/chroot", str(bundle / "rootfs"), "/app/entrypoint.sh",
+         "sh", "-c", "echo $ORDER/$FOO_VAR/$PIXI_PROJECT_ROOT/$CONDA_DEFAULT_ENV"],
+        capture_output=True, text=True, env={"PATH": "/bin"}, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == (
+        f"cuda1(after-package) linux(after-package)/cuda1/{prefix}/share/pixi-deploy/project"
+        "/acttest:cuda"
+    )

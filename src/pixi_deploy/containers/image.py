@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pixi_deploy.activation import ManifestActivation
 from pixi_deploy.containers.image_layers import (
     LayerInfo,
     LayerSource,
@@ -157,6 +158,7 @@ def build_image(
         archives={a.filename: p for a, p in cached.items() if a.kind == "conda"},
         sha256={a.filename: a.sha256 for a in artifacts},
         wheels=[p for a, p in cached.items() if a.kind == "pypi"],
+        activation=resolved.activation,
     )
     return _build(source, options, cache, reporter)
 
@@ -190,6 +192,7 @@ def build_image_from_pack(
             archives={Path(p).name: _copied(f) for p, f in files.items() if p.startswith("conda/")},
             sha256={Path(f.path).name: f.sha256 for f in metadata.files},
             wheels=[_copied(files[f.path]) for f in metadata.files if f.kind == "pypi"],
+            activation=ManifestActivation.from_pack_extra(metadata.extra),
         )
         return _build(source, options, cache, reporter)
 
@@ -263,6 +266,7 @@ def _build(
                 python_version=source.python_version,
                 cache_dir=cache.root / "oci" / "extracted",  # rattler re-checks sha256,
                 environment=source.environment,
+                activation=source.activation,
             )
         finally:
             for record in source.records:

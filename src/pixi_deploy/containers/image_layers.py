@@ -16,6 +16,7 @@ from typing import Any
 
 import rattler
 
+from pixi_deploy.activation import ManifestActivation
 from pixi_deploy.containers.oci import (
     TO_OCI,
     BlobStore,
@@ -55,6 +56,7 @@ class LayerSource:
     archives: dict[str, Path]
     sha256: dict[str, str]  # archive/wheel file name -> sha256
     wheels: list[Path]
+    activation: ManifestActivation | None = None  # the manifest's part of activate.sh
 
 
 def load_base(

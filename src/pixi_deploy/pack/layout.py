@@ -15,7 +15,6 @@ import errno
 import json
 import os
 import re
-import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 
 from pixi_deploy import interrupts
+from pixi_deploy.activation import ACTIVATE_NAME as ACTIVATE_NAME  # where callers find it
+from pixi_deploy.activation import ManifestActivation, write_activate_script
 from pixi_deploy.errors import PackError, PixiDeployError, StoreError, store_error_from_os
 from pixi_deploy.pack.archives import Archive, ArchiveSlice
 from pixi_deploy.pack.direct import DeferredPayload, install_direct
@@ -32,7 +33,6 @@ from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
 from pixi_deploy.progress import Reporter
 from pixi_deploy.workspace import ResolvedEnvironment
 
-ACTIVATE_NAME = "activate.sh"
 # no ':' either: it would split PATH (and other path lists) when the environment is activated
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9/._+@%,=~-]+$")
 
@@ -63,6 +63,7 @@ def lay_out_environment(
         environment=resolved.name,
         defer_payloads=defer_payloads,
         on_deferred=on_deferred,
+        activation=resolved.activation,
     )
 
 
@@ -99,6 +100,7 @@ def lay_out_prefix(
     direct: bool = False,
     defer_payloads: bool = False,
     on_deferred: Callable[[DeferredPayload], object] | None = None,
+    activation: ManifestActivation | None = None,
 ) -> list[DeferredPayload]:
     """Install into ``staging`` an environment meant to live at ``final``.
 
@@ -107,7 +109,8 @@ def lay_out_prefix(
     keeps ``cache_dir`` afterwards; with a warm, kept cache rattler's hard links are cheaper.
     ``defer_payloads`` leaves out the bulk of what it can and says where it is (the remote
     store ships those payloads as they are, and the cluster extracts them); ``on_deferred`` is
-    told of each such payload as soon as it is known.
+    told of each such payload as soon as it is known. ``activation`` is the manifest's part of
+    ``activate.sh`` (`pixi_deploy.activation`).
     """
     check_environment_path(final)
     missing = [r.file_name for r in records if r.file_name not in archives]
@@ -149,7 +152,7 @@ def lay_out_prefix(
     # rattler tags the prefix as a cache folder; backup tools honouring CACHEDIR.TAG (borg,
     # restic, `tar --exclude-caches`) would then skip a deployed environment entirely.
     (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
-    write_activate_script(staging, final, environment, platform)
+    write_activate_script(staging, final, environment, platform, activation)
     return deferred
 
 
@@ -254,44 +257,3 @@ def _scrub_link_sources(
             data["url"] = urls[data["fn"]]
         # no indent: json's C encoder only runs without it (a 300-package env: 1.3 s -> 0.1 s)
         record_file.write_text(json.dumps(data))
-
-
-def write_activate_script(staging: Path, final: Path, environment: str, platform: str) -> Path:
-    """`activate.sh` for the final path: PATH, CONDA_PREFIX, env vars and activate.d scripts.
-
-    Written here rather than taken from rattler's activation, because it must name the *final*
-    path (which may not exist on this machine) and quote it for the shell whatever it contains.
-    """
-    q = shlex.quote
-    lines = [
-        "# Activate this environment: `. activate.sh` (bash, zsh, dash: any POSIX shell).",
-        f"# Written by pixi-deploy for environment {q(environment)} ({platform}).",
-        f"export CONDA_PREFIX={q(str(final))}",
-        f'export PATH={q(str(final / "bin"))}"${{PATH:+:${{PATH}}}}"',
-        "export CONDA_SHLVL=1",
-        f"export CONDA_DEFAULT_ENV={q(environment)}",
-        f"export PIXI_ENVIRONMENT_NAME={q(environment)}",
-    ]
-    for name, value in _env_vars(staging).items():
-        lines.append(f"export {name}={q(value)}")
-    activate_d = staging / "etc" / "conda" / "activate.d"
-    for script in sorted(activate_d.glob("*.sh")) if activate_d.is_dir() else []:
-        lines.append(f". {q(str(final / 'etc' / 'conda' / 'activate.d' / script.name))}")
-    target = staging / ACTIVATE_NAME
-    target.write_text("\n".join(lines) + "\n")
-    os.chmod(target, 0o644)
-    return target
-
-
-def _env_vars(prefix: Path) -> dict[str, str]:
-    """Variables packages and pixi set: etc/conda/env_vars.d/*.json, then conda-meta/state."""
-    found: dict[str, str] = {}
-    sources = sorted((prefix / "etc" / "conda" / "env_vars.d").glob("*.json"))
-    state = prefix / "conda-meta" / "state"
-    for source in sources:
-        data = json.loads(source.read_text())
-        found.update({str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {})
-    if state.is_file():
-        data = json.loads(state.read_text()).get("env_vars", {})
-        found.update({str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {})
-    return {k: v for k, v in found.items() if k.isidentifier()}

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 import rattler
 import zstandard
 
+from pixi_deploy.activation import ManifestActivation
 from pixi_deploy.errors import PackError, StoreError, store_error_from_os
 from pixi_deploy.pack.archives import Archive, ArchiveSlice
 from pixi_deploy.pack.format import LOCK_MEMBER, METADATA_NAME, ZSTD_MAGIC, PackedFile, PackMetadata
@@ -91,6 +92,7 @@ def _lay_out(
             cache_dir=cache_dir,
             environment=metadata.environment,
             direct=True,
+            activation=ManifestActivation.from_pack_extra(metadata.extra),
         )
     except OSError as error:
         raise store_error_from_os(error, target) from error

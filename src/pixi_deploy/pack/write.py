@@ -20,6 +20,7 @@ from typing import BinaryIO
 import rattler
 import zstandard
 
+from pixi_deploy.activation import PACK_EXTRA_KEY
 from pixi_deploy.errors import PackError, store_error_from_os
 from pixi_deploy.pack.fetch import Artifact, DownloadCache, artifacts_of
 from pixi_deploy.pack.format import LOCK_MEMBER, METADATA_NAME, PackedFile, PackMetadata
@@ -118,8 +119,15 @@ def build_metadata(resolved: ResolvedEnvironment, artifacts: list[Artifact]) -> 
         files=files,
         python_version=resolved.python_version,
         workspace=resolved.workspace.name,
-        extra=resolved.provenance(),
+        extra={**resolved.provenance(), **_activation_extra(resolved)},
     )
+
+
+def _activation_extra(resolved: ResolvedEnvironment) -> dict[str, object]:
+    """The manifest's activation, scripts included, so unpack alone activates fully."""
+    if resolved.activation is None:
+        return {}
+    return {PACK_EXTRA_KEY: resolved.activation.to_pack_extra()}
 
 
 def mini_lock(resolved: ResolvedEnvironment) -> bytes:

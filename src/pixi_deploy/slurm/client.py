@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from pixi_deploy.code.checkout import MISSING_MARK, CodeSnapshotMissing
 from pixi_deploy.errors import SchedulerError, TransportError
 from pixi_deploy.transport import RemoteCommandError, Transport
 
@@ -70,7 +71,8 @@ class SlurmClient:
         run_dir = f"{self.base}/runs/{run_id}"
         text = script.job_script(spec, run_dir)
         data = script.bundle(spec, script.JOB_SCRIPT, text)
-        args = [run_dir, spec.environment_path or "", self.base, run_id]
+        code = spec.code.snapshot_dir if spec.code else ""
+        args = [run_dir, spec.environment_path or "", self.base, run_id, code]
         try:
             out = self.transport.run_script(remote.SUBMIT, args, input=data).stdout
         except RemoteCommandError as error:
@@ -169,6 +171,11 @@ def _detail(
 
 def submit_error(error: RemoteCommandError, spec: JobSpec) -> SchedulerError:
     text = error.stderr.strip()
+    if MISSING_MARK in text and spec.code is not None:
+        return CodeSnapshotMissing(
+            f"the code snapshot {spec.code.snapshot} is not on the cluster (pruned)",
+            "submit again: pixi-deploy sends it",
+        )
     if "pixi-deploy-missing-environment" in text:
         return SchedulerError(
             f"the environment {spec.environment_path} does not exist on the cluster "

@@ -55,7 +55,10 @@ def _result_json(result: JobResult) -> dict[str, Any]:
 
 
 def submit(
-    command: Annotated[list[str], typer.Argument(help="The command to run (after --)")],
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="The command to run, or with --task the task's arguments (after --)"),
+    ] = None,
     manifest_path: ManifestPath = None,
     environment: EnvironmentOpt = None,
     platform: PlatformOpt = None,
@@ -91,9 +94,34 @@ def submit(
     cache_dir: CacheDirOpt = None,
     inject: InjectOpt = None,
     build_sdists: BuildSdistsOpt = False,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="Run this task of the manifest (as `pixi run NAME`: depends-on first, args, "
+            "env, cwd), with no pixi on the cluster",
+        ),
+    ] = None,
+    code: Annotated[
+        bool,
+        typer.Option(
+            "--code/--no-code",
+            help="Ship the workspace's files (git's view, [tool.pixi-deploy] include/exclude) "
+            "and start the job in its own copy of them",
+        ),
+    ] = True,
+    workdir: Annotated[
+        str | None,
+        typer.Option(
+            "--workdir",
+            help="Folder of the code snapshot to start in (relative to the workspace root; "
+            "with --no-code, an absolute folder on the cluster)",
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Run a command in the deployed environment as a Slurm job."""
+    """Run a command (or a task of the manifest) as a Slurm job, in the deployed environment
+    and a working copy of the workspace's code."""
     resources = JobResources(
         partition=partition,
         nodes=nodes,
@@ -109,7 +137,7 @@ def submit(
         extra_sbatch=list(sbatch or []),
     )
     job = api.submit(
-        command,
+        command or [],
         resources=resources,
         job_name=name,
         array=array,
@@ -120,6 +148,9 @@ def submit(
         cache_dir=cache_dir,
         inject=inject or (),
         build_sdists=build_sdists,
+        code=code,
+        workdir=workdir,
+        task=task,
         reporter=RichReporter(stderr, quiet=json_),
     )
     if not follow:

@@ -9,14 +9,19 @@ scontrol show config 2>/dev/null | sed -n 's/^JobCompLoc *= *//p' | head -n 1 | 
 """
 
 # Submit: unpack the run folder (0700, files 0600) from the tar on stdin, sbatch, remember the
-# run folder by job id.  $1 = run dir, $2 = environment ('' = none), $3 = base, $4 = run id,
-# then extra sbatch arguments.
+# run folder by job id. A code snapshot named in $5 must be there (its use is recorded, for
+# prune's "most recently used").  $1 = run dir, $2 = environment ('' = none), $3 = base,
+# $4 = run id, $5 = code snapshot folder ('' = none), then extra sbatch arguments.
 SUBMIT = r"""
 set -e
 umask 077
-run=$1; env=$2; base=$3; rid=$4; shift 4
+run=$1; env=$2; base=$3; rid=$4; code=$5; shift 5
 if [ -n "$env" ] && [ ! -f "$env/activate.sh" ]; then
   echo "pixi-deploy-missing-environment" >&2; exit 97
+fi
+if [ -n "$code" ]; then
+  [ -f "$code/snapshot.json" ] || { echo "pixi-deploy-missing-code" >&2; exit 96; }
+  touch -c "$code/snapshot.json" 2>/dev/null || :
 fi
 mkdir -p "$run" "$base/runs/by-id"
 tar -xf - -C "$run"

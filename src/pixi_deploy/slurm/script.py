@@ -17,6 +17,7 @@ import secrets as _secrets
 import tarfile
 import time
 
+from pixi_deploy.code.checkout import no_code_shell
 from pixi_deploy.errors import SchedulerError
 from pixi_deploy.launchers import BashLauncher
 from pixi_deploy.transport import quoting
@@ -39,7 +40,7 @@ if [ -f "$PIXI_DEPLOY_RUN_DIR/{secrets}" ]; then
   . "$PIXI_DEPLOY_RUN_DIR/{secrets}" || __pd_fail "reading the secrets file failed"
   {remove_secrets}
 fi
-__pd_env={env_path}
+{code}__pd_env={env_path}
 if [ -n "$__pd_env" ]; then
   __pd_real=$(readlink -f -- "$__pd_env" 2>/dev/null) || __pd_real=$__pd_env
   [ -n "$__pd_real" ] || __pd_real=$__pd_env
@@ -55,8 +56,7 @@ if [ -n "$__pd_env" ]; then
   . "$__pd_real/activate.sh" || __pd_fail "the environment $__pd_env could not be activated"
   export PIXI_DEPLOY_ENVIRONMENT="$__pd_real"
 fi
-cd {workdir} || __pd_fail "cannot enter the working directory {workdir_text}"
-"""
+{cd}"""
 
 
 def new_run_id() -> str:
@@ -83,19 +83,25 @@ def _directive(option: str) -> str:
 
 def preamble(spec: JobSpec, run_dir: str, *, keep_secrets: bool = False) -> str:
     """Everything before the launcher: run dir, secrets, lock + activation, workdir, env vars."""
-    workdir = spec.workdir or run_dir
     remove = ":" if keep_secrets else 'rm -f -- "$PIXI_DEPLOY_RUN_DIR/' + SECRETS_FILE + '"'
     text = _PREAMBLE.format(
         run_dir=quoting.quote(run_dir),
         status=ENV_MISSING_STATUS,
         secrets=SECRETS_FILE,
         remove_secrets=remove,
+        code=spec.code.shell() if spec.code else no_code_shell(),
         env_path=quoting.quote(spec.environment_path or ""),
-        workdir=quoting.quote(workdir),
-        workdir_text=workdir.replace("'", "").replace('"', ""),
+        cd=spec.code.cd_line() if spec.code else _cd_line(spec.workdir or run_dir),
     )
     exports = [f"export {_check_env(k)}={quoting.quote(v)}" for k, v in spec.env.items()]
     return text + ("\n".join(exports) + "\n" if exports else "")
+
+
+def _cd_line(workdir: str) -> str:
+    shown = workdir.replace("'", "").replace('"', "")
+    return (
+        f'cd {quoting.quote(workdir)} || __pd_fail "cannot enter the working directory {shown}"\n'
+    )
 
 
 def job_script(spec: JobSpec, run_dir: str) -> str:

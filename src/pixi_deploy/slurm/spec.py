@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pixi_deploy.errors import SchedulerError
 
 if TYPE_CHECKING:
+    from pixi_deploy.code.checkout import CodeCheckout
     from pixi_deploy.launchers import Launcher
 
 # States after which a job never changes again (squeue/sacct/scontrol spellings).
@@ -98,6 +99,8 @@ class JobSpec:
     array: str | None = None
     files: dict[str, bytes] = field(default_factory=dict)
     launcher: Launcher | None = None
+    #: The code snapshot the job gets a working copy of (its PIXI_PROJECT_ROOT), or none.
+    code: CodeCheckout | None = None
 
     def check(self) -> None:
         """Refuse specs that cannot run before anything is sent to the cluster."""

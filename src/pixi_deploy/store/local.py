@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -163,14 +163,30 @@ class LocalStore:
         return removed
 
     # -- run ------------------------------------------------------------------------------------
-    def run(self, deployment: DeploymentMetadata, command: Sequence[str]) -> int:
-        return run_in_environment(Path(deployment.deployment_path), command, self.layout)
+    def run(
+        self,
+        deployment: DeploymentMetadata,
+        command: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> int:
+        return run_in_environment(
+            Path(deployment.deployment_path), command, self.layout, cwd=cwd, env=env
+        )
 
 
 def run_in_environment(
-    prefix: Path, command: Sequence[str], layout: StoreLayout | None = None
+    prefix: Path,
+    command: Sequence[str],
+    layout: StoreLayout | None = None,
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> int:
-    """Run ``command`` with the environment activated; returns its exit code."""
+    """Run ``command`` with the environment activated; returns its exit code. ``env`` is set
+    before activation (``PIXI_PROJECT_ROOT`` for a run in the workspace); without it, an
+    inherited PIXI_PROJECT_ROOT is dropped, so activate.sh uses the scripts it carries."""
     activate = prefix / ACTIVATE_NAME
     if not activate.is_file():
         raise StoreError(
@@ -183,9 +199,11 @@ def run_in_environment(
         )
     argv = ["/bin/sh", "-c", '. "$0" && exec "$@"', str(activate), *command]
     in_use = layout.in_use(prefix.name) if layout else None
+    environment = {k: v for k, v in os.environ.items() if k != "PIXI_PROJECT_ROOT"}
+    environment.update(env or {})
     with _shared_lock(in_use):
         try:
-            return subprocess.run(argv, check=False).returncode
+            return subprocess.run(argv, check=False, cwd=cwd, env=environment).returncode
         except OSError as error:
             raise StoreError(f"cannot start {command[0]}: {error.strerror}") from error
 

@@ -1,0 +1,53 @@
+"""Cutting one transport's SSH connection, as a network failure would, without touching the
+other users of the shared test sshd."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+from pixi_deploy.progress import NullReporter
+from pixi_deploy.transport import Transport
+
+
+def drop_connection(transport: Transport) -> list[int]:
+    """SIGKILL the sshd processes serving exactly this transport's connection."""
+    conn = transport._session._conn
+    assert conn is not None, "the transport is not connected"
+    local_port = conn.get_extra_info("sockname")[1]
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :2222 and dport = :{local_port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pids = sorted({int(p) for p in re.findall(r"pid=(\d+)", out)})
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+class CutReporter(NullReporter):
+    """Cuts the connection once, when an upload has passed ``after_bytes``."""
+
+    def __init__(self, transport: Transport, after_bytes: int) -> None:
+        self.transport = transport
+        self.after_bytes = after_bytes
+        self.cut = False
+
+    @contextmanager
+    def task(self, description: str, total: int | None) -> Iterator:  # type: ignore[override]
+        seen = [0]
+
+        def advance(n: int) -> None:
+            seen[0] += n
+            if description == "upload" and not self.cut and seen[0] > self.after_bytes:
+                self.cut = True
+                assert drop_connection(self.transport), "no sshd process found to kill"
+
+        yield advance
