@@ -79,27 +79,40 @@ class SlurmSession:
         ``start_timeout`` is given)."""
         if self.job is not None:
             return
-        holder = JobSpec(
-            script="exec sleep 2147483647",
-            name=self.name,
-            resources=self.resources,
-            het_components=self.components,
-        )
-        self.job = self.client.submit(holder)
+        self.submit()
+        self.wait_until_running()
+
+    def submit(self) -> Job:
+        """Submit the holder job without waiting for it (see wait_until_running)."""
+        if self.job is None:
+            holder = JobSpec(
+                script="exec sleep 2147483647",
+                name=self.name,
+                resources=self.resources,
+                het_components=self.components,
+            )
+            self.job = self.client.submit(holder)
+        return self.job
+
+    def wait_until_running(self) -> None:
+        """Wait for the holder job (submitted here or attached to) to run; releases it if it
+        ends first or does not start within ``start_timeout``."""
+        assert self.job is not None
+        job = self.job
         deadline = None if self.start_timeout is None else time.monotonic() + self.start_timeout
         try:
             while True:
-                status = self.job.status()
+                status = job.status()
                 if status.running:
                     return
                 if status.final or status.state == "UNKNOWN":
                     raise SchedulerError(
-                        f"the session's allocation (job {self.job.id}) ended before it started: "
-                        + self.job.result(status).message()
+                        f"the session's allocation (job {job.id}) ended before it started: "
+                        + job.result(status).message()
                     )
                 if deadline is not None and time.monotonic() > deadline:
                     raise SchedulerError(
-                        f"the session's allocation (job {self.job.id}) did not start within "
+                        f"the session's allocation (job {job.id}) did not start within "
                         f"{self.start_timeout:g}s ({status.state}: {status.reason})",
                         "ask for fewer resources or raise start_timeout",
                     )
