@@ -12,6 +12,7 @@ import threading
 
 import pytest
 
+from helpers.cluster import partition_with_nodes
 from pixi_deploy.errors import SchedulerError
 from pixi_deploy.slurm import JobResources, JobSpec, SlurmClient, SlurmSession
 from pixi_deploy.slurm.script import job_script
@@ -35,18 +36,6 @@ def test_gpus_per_node_and_signal_become_sbatch_options() -> None:
     options = JobResources(gpus=1, gpus_per_node=2, signal="B:USR1@60").options()
     assert "--gpus=1" in options and "--gres=gpu:2" in options and "--signal=B:USR1@60" in options
     assert not any("gres" in o for o in JobResources(gpus_per_node=0).options())
-
-
-def partition_with_nodes(client: SlurmClient, count: int) -> str | None:
-    """A partition with at least ``count`` nodes that can run jobs now or soon."""
-    out = client.transport.run(["sinfo", "-h", "-N", "-o", "%P|%t"]).stdout
-    usable: dict[str, int] = {}
-    for line in out.splitlines():
-        partition, _, state = line.strip().partition("|")
-        if state.rstrip("*~#") in ("idle", "mix", "alloc", "comp"):
-            name = partition.rstrip("*")
-            usable[name] = usable.get(name, 0) + 1
-    return next((p for p, n in usable.items() if n >= count), None)
 
 
 def test_steps_run_in_their_own_het_components(client: SlurmClient) -> None:

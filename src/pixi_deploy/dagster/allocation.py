@@ -53,7 +53,9 @@ dir=$1; lease=$2; job=$3; grace=$4
 rm -f "$dir/leases/$lease"
 cleanup='
 d=$1; j=$2
-i=0; until mkdir "$d/.lock" 2>/dev/null; do i=$((i+1)); [ "$i" -ge 1200 ] && exit 0; sleep 0.1; done
+i=0; until mkdir "$d/.lock" 2>/dev/null; do
+  [ -d "$d" ] || exit 0; i=$((i+1)); [ "$i" -ge 1200 ] && exit 0; sleep 0.1
+done
 if [ -z "$(ls -A "$d/leases" 2>/dev/null)" ]; then
   scancel "$j" 2>/dev/null; rm -rf "$d/leases" "$d/allocation.json"; rmdir "$d/.lock"; rmdir "$d"
 else
@@ -93,10 +95,14 @@ class SharedAllocation:
 
     def acquire(self) -> SlurmSession:
         """The running allocation: attached to, or submitted now; waits until it runs."""
-        with self._lock:
-            if self.session is None:
-                self.session = self._enter()
-            session = self.session
+        try:
+            with self._lock:
+                if self.session is None:
+                    self.session = self._enter()
+                session = self.session
+        except BaseException:
+            self.release(grace=0)
+            raise
         try:
             session.wait_until_running()
         except BaseException:
@@ -131,8 +137,7 @@ class SharedAllocation:
                 record = json.dumps({"job_id": session.submit().id})
         except BaseException:
             self._leave_lock("")
-            self.release(grace=0)
-            raise
+            raise  # acquire() drops the lease
         self._leave_lock(record)
         return session
 

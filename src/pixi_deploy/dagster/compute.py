@@ -309,7 +309,8 @@ class ComputeResource(StrictResource):
         with self._lock:
             shared, self._run_allocation = self._run_allocation, None
         if shared is not None:
-            shared.release(grace=self.session.release_grace if self.session else 15.0)
+            grace = self.run_allocation.release_grace if self.run_allocation else 15.0
+            shared.release(grace=grace)
 
     # -- helpers --------------------------------------------------------------------------
     def environment_facts(self, context: Any, options: RunOptions) -> tuple[str, dict[str, Any]]:

@@ -6,6 +6,9 @@ own component, all at the same time, each in its own Dagster Pipes session, so l
 materializations and checks come back as from ``run()``. The allocation is released when the
 last payload ends, and at once if the run is interrupted or a payload cannot start.
 
+Each result's ``get_results()`` holds only what its payload reported (Dagster would otherwise
+add an implicit materialization of every asset of the step to each component's results).
+
 Requirements per payload are dagster-slurm's keys and defaults: ``nodes`` (1),
 ``cpus_per_task`` (2), ``mem`` ("4G"), ``gpus_per_node`` (0), ``time_limit`` ("01:00:00"),
 ``partition`` (the queue's). Unlike dagster-slurm, whose components get no Pipes context,
@@ -63,6 +66,16 @@ def _check(
         raise ConfigError(f"run_hetjob() got unknown argument(s) {', '.join(unknown)}")
 
 
+def _step_size(component: JobResources) -> JobResources:
+    """The step takes its whole component (so SLURM_MEM_PER_NODE & co. describe it)."""
+    return JobResources(
+        nodes=component.nodes,
+        cpus_per_task=component.cpus_per_task,
+        mem=component.mem,
+        gpus_per_node=component.gpus_per_node,
+    )
+
+
 def run_hetjob(
     compute: ComputeResource,
     context: Any,
@@ -101,7 +114,7 @@ def run_hetjob(
                 slurm=slurm,
                 environment_path=env_path,
                 launcher=launcher.to_core(),
-                resources=JobResources(nodes=components[index].nodes),
+                resources=_step_size(components[index]),
                 allocation=StepAllocation(
                     get=lambda: session,
                     release=session.close,
@@ -116,6 +129,7 @@ def run_hetjob(
                 debug_dir=compute.debug_dir,
                 cleanup_on_failure=compute.cleanup_on_failure,
                 metadata={**facts, "pixi_deploy_launcher": launcher.describe()},
+                implicit_materializations=False,
             )
             try:
                 results[name] = run_remote(context, payload, run)

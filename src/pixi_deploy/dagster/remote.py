@@ -83,6 +83,16 @@ class RemoteRun:
     debug_dir: str | None = None
     cleanup_on_failure: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
+    implicit_materializations: bool = True  # False: results only for what the payload reported
+
+
+class ReportedResults(PipesClientCompletedInvocation):
+    """Results of a payload that shares its Dagster step with others (a heterogeneous job's
+    component): by default only what it reported, so that the step's other assets are not
+    materialized implicitly by every component."""
+
+    def get_results(self, *, implicit_materializations: bool = False) -> Any:
+        return super().get_results(implicit_materializations=implicit_materializations)
 
 
 def ensure_environment(
@@ -196,6 +206,8 @@ def run_remote(
             )
         )
     metadata = {**run.metadata, "pixi_deploy_mode": _mode(run)}
+    if not run.implicit_materializations:
+        return ReportedResults(session, metadata=metadata)
     return PipesClientCompletedInvocation(session, metadata=metadata)
 
 

@@ -6,5 +6,8 @@ with open_dagster_pipes() as pipes:
     n = int(pipes.get_extra("n"))
     pipes.log.info(f"checking {n}")
     pipes.report_asset_check(
-        asset_key=pipes.get_extra("asset"), check_name="positive", passed=n > 0, metadata={"n": n}
+        asset_key=pipes.get_extra("asset"),
+        check_name=pipes.extras.get("check", "positive"),
+        passed=n > 0,
+        metadata={"n": n},
     )

@@ -54,6 +54,9 @@ class SlurmRunAllocationConfig(StrictConfig):
     cleanup_policy: Literal["after_run"] = Field(
         default="after_run", description="Released after the run (the only policy)"
     )
+    release_grace: float = Field(
+        default=15.0, ge=0, description="Seconds the allocation waits for the run's next step"
+    )
 
     def overrides(self) -> dict[str, Any]:
         return {
