@@ -69,6 +69,12 @@ def test_the_import_paths_dagster_slurm_code_uses() -> None:
     }.items():
         loaded = importlib.import_module(module)
         assert all(hasattr(loaded, n) for n in names), module
+    for name in ["SlurmAllocation", "LocalPipesClient", "SlurmPipesClient"]:
+        with pytest.raises(ConfigError, match=f"{name} is not part of pixi-deploy"):
+            getattr(pd, name)()
+    for name in ["build_slurm_orphan_reconcile_sensor", "reconcile_orphaned_slurm_runs"]:
+        with pytest.raises(ConfigError, match=f"{name} is not part of pixi-deploy"):
+            getattr(pd, name)()
     assert ExecutionMode.SLURM_HETJOB == "slurm-hetjob"
     assert Environment("staging_docker_session") is Environment.STAGING_DOCKER_SESSION
     assert SlurmAllocationScope.RUN == "run" and SlurmAllocationScope("asset").name == "ASSET"

@@ -31,6 +31,13 @@ from .resources import (
     SlurmSessionResource,
     SSHConnectionResource,
 )
+from .unbuilt import (
+    LocalPipesClient,
+    SlurmAllocation,
+    SlurmPipesClient,
+    build_slurm_orphan_reconcile_sensor,
+    reconcile_orphaned_slurm_runs,
+)
 
 __all__ = [
     "MODES",
@@ -42,13 +49,16 @@ __all__ = [
     "Environment",
     "ExceptionCapturingReader",
     "ExecutionMode",
+    "LocalPipesClient",
     "RayLauncher",
     "RemoteFileContextInjector",
     "RemoteFileMessageReader",
     "RuntimeVariant",
     "SSHConnectionResource",
     "SessionResource",
+    "SlurmAllocation",
     "SlurmAllocationScope",
+    "SlurmPipesClient",
     "SlurmQueueConfig",
     "SlurmResource",
     "SlurmRunAllocationConfig",
@@ -56,5 +66,7 @@ __all__ = [
     "SlurmSessionResource",
     "SparkLauncher",
     "StepOIDCAuthProvider",
+    "build_slurm_orphan_reconcile_sensor",
     "format_pipes_exception",
+    "reconcile_orphaned_slurm_runs",
 ]
