@@ -108,6 +108,8 @@ def test_ssh_connection_resource_every_field(key: str, tmp_path: Path) -> None:
         "hop",
     )
     assert s.jump.password is not None and "pw" not in repr(s.jump)
+    as_dict = _ssh(key, jump_host={"host": "bastion", "user": "hop", "password": "pw"})
+    assert as_dict.to_settings().jump.host == "bastion"  # type: ignore[union-attr]  # the example's form
     assert not _ssh(key, host_key_checking="off").to_settings().check_host_keys
     strict = _ssh(key).to_settings()
     assert strict.check_host_keys and not strict.accept_new_host_key  # the default
