@@ -8,8 +8,9 @@ is recorded on the cluster, in ``<base>/dagster/allocations/<run id>/``:
   otherwise it submits one (under the folder's ``.lock``, taken with ``mkdir``, so two steps
   starting together submit one allocation, not two);
 - every process using it holds a lease file; the last to release it cancels the holder job,
-  ``grace`` seconds later (a background timer on the login node that gives the run's next step
-  process time to attach), or at once when a run was interrupted or failed.
+  ``grace`` seconds later when it is a step process of Dagster's multiprocess executor (a
+  background timer on the login node that gives the run's next step process time to attach),
+  at once otherwise and when a run was interrupted.
 
 An allocation whose processes all died unannounced ends at its time limit.
 """
@@ -17,6 +18,7 @@ An allocation whose processes all died unannounced ends at its time limit.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import secrets
 import socket
 import threading
@@ -67,6 +69,14 @@ if [ "$grace" = 0 ]; then sh -c "$cleanup" cleanup "$dir" "$job"; exit 0; fi
 setsid sh -c "sleep $grace; $cleanup" cleanup "$dir" "$job" </dev/null >/dev/null 2>&1 &
 true
 """
+
+
+def teardown_grace(grace: float) -> float:
+    """The grace to release with when a step process is done: Dagster's multiprocess executor
+    runs each step in a child process (``multiprocessing``), and the run's next step, in
+    another child, needs time to attach; a run executed in one process ends when its resources
+    are torn down, so nothing comes after and the allocation goes at once."""
+    return grace if multiprocessing.parent_process() is not None else 0.0
 
 
 class SharedAllocation:

@@ -32,7 +32,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from pixi_deploy.errors import ConfigError
 
-from .allocation import SharedAllocation
+from .allocation import SharedAllocation, teardown_grace
 from .config.environment import MODES, ExecutionMode
 from .config.runtime import SlurmRunConfig
 from .launchers import BashLauncher, ComputeLauncher, SparkLauncher, merge_launcher
@@ -309,8 +309,8 @@ class ComputeResource(StrictResource):
         with self._lock:
             shared, self._run_allocation = self._run_allocation, None
         if shared is not None:
-            grace = self.run_allocation.release_grace if self.run_allocation else 15.0
-            shared.release(grace=grace)
+            grace = self.run_allocation.release_grace if self.run_allocation else 60.0
+            shared.release(grace=teardown_grace(grace))
 
     # -- helpers --------------------------------------------------------------------------
     def environment_facts(self, context: Any, options: RunOptions) -> tuple[str, dict[str, Any]]:

@@ -3,7 +3,9 @@
 A session is one allocation for a whole Dagster run; every asset runs as an ``srun`` step in
 it, so only the first waits in the queue. It is requested when the first step needs it and
 shared by all of the run's step processes (:mod:`pixi_deploy.dagster.allocation`), then
-released ``release_grace`` seconds after the last one is done (at once after an interrupt).
+released when the last one is done: ``release_grace`` seconds later if it was a step process of
+Dagster's multiprocess executor (so the run's next step can attach), at once otherwise and
+after an interrupt.
 ``SlurmRunAllocationConfig`` sizes the same kind of allocation for
 ``ComputeResource(mode="slurm", allocation_scope=SlurmAllocationScope.RUN)``.
 """
@@ -17,7 +19,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field, PrivateAttr, model_validator
 
-from pixi_deploy.dagster.allocation import SharedAllocation
+from pixi_deploy.dagster.allocation import SharedAllocation, teardown_grace
 from pixi_deploy.dagster.strict import StrictConfig, StrictResource
 from pixi_deploy.errors import ConfigError
 from pixi_deploy.slurm import JobResources, SlurmSession
@@ -55,7 +57,7 @@ class SlurmRunAllocationConfig(StrictConfig):
         default="after_run", description="Released after the run (the only policy)"
     )
     release_grace: float = Field(
-        default=15.0, ge=0, description="Seconds the allocation waits for the run's next step"
+        default=60.0, ge=0, description="Seconds the allocation waits for the next step process"
     )
 
     def overrides(self) -> dict[str, Any]:
@@ -100,7 +102,7 @@ class SessionResource(StrictResource):
     reservation: str | None = Field(default=None, description="Reservation")
     constraint: str | None = Field(default=None, description="Constraint")
     release_grace: float = Field(
-        default=15.0, ge=0, description="Seconds the allocation waits for the run's next step"
+        default=60.0, ge=0, description="Seconds the allocation waits for the next step process"
     )
 
     _shared: SharedAllocation | None = PrivateAttr(default=None)
@@ -159,7 +161,7 @@ class SessionResource(StrictResource):
         with self._lock:
             shared, self._shared = self._shared, None
         if shared is not None:
-            shared.release(grace=0 if interrupted else self.release_grace)
+            shared.release(grace=0 if interrupted else teardown_grace(self.release_grace))
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.release()
