@@ -235,17 +235,19 @@ def test_interrupted_run_cancels_the_slurm_job(
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import dagster as dg
         from pixi_deploy.dagster import (
-            ComputeResource, SessionResource, SlurmResource, SSHConnectionResource
+            ComputeResource, SessionResource, SlurmQueueConfig, SlurmResource,
+            SSHConnectionResource,
         )
 
         s = json.loads({json.dumps(json.dumps(settings))})
         slurm = SlurmResource(
             ssh=SSHConnectionResource(host=s["host"], port=s["port"], user=s["user"],
                                       key_path=s["key"], known_hosts=s["known"]),
+            queue=SlurmQueueConfig(cpus=1, mem="500M"),
             remote_base={shared_base!r},
         )
         compute = ComputeResource(
-            mode={mode!r}, slurm=slurm, session=SessionResource(time_limit="00:10:00"),
+            mode={mode!r}, slurm=slurm, session=SessionResource(num_nodes=1, time_limit="00:10:00"),
             manifest_path={str(pipes_workspace)!r},
         )
 

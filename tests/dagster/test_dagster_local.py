@@ -173,7 +173,7 @@ def test_resources_validate_and_read_the_environment(monkeypatch, tmp_path: Path
         "--nodes=1",
         "--cpus-per-task=4",
         "--mem=8G",
-        "--gpus=1",
+        "--gres=gpu:1",
         "--time=00:10:00",
     ]
     with pytest.raises(Exception, match="unknown Slurm option"):
@@ -189,7 +189,7 @@ def test_launchers_become_the_core_launchers() -> None:
     ray = RayLauncher(object_store_memory_gb=2, num_gpus_per_node=1, ray_start_args=["--x=1"])
     core = ray.to_core()
     assert isinstance(core, CoreRay)
-    assert core.object_store_memory == 2 * 1024**3
+    assert core.object_store_memory == 2 * 10**9  # dagster-slurm counts GB in 10**9 bytes
     assert core.extra_start_args == ("--x=1", "--num-gpus=1")
     assert core.dashboard_host == "127.0.0.1"
     with pytest.raises(Exception, match="ray_address"):

@@ -8,9 +8,12 @@ Asset code is the same in every mode (dagster-slurm's promise, and its API)::
 
 - ``local``: the payload runs as a subprocess with the local Python; no SSH, no Slurm.
 - ``slurm``: the pixi environment is deployed on demand into the cluster's content-addressed
-  store (a no-op round trip once it is there), then each asset run is one Slurm job.
-- ``slurm-session``: like ``slurm``, but every asset run is an srun step of one allocation that
-  SessionResource holds for the Dagster run and releases at teardown.
+  store (a no-op round trip once it is there), then each asset run is one Slurm job; with
+  ``allocation_scope=SlurmAllocationScope.RUN`` every asset of a Dagster run is instead a step
+  of one allocation sized by ``run_allocation``.
+- ``slurm-session``: every asset run is an srun step of the allocation SessionResource holds.
+- ``slurm-hetjob``: ``run()`` behaves as in ``slurm``; ``run_hetjob()`` runs several payloads
+  as the components of one heterogeneous job (:mod:`.hetjob`).
 
 ``pre_deployed_env_path`` skips deploying: jobs start at once on that environment.
 """
@@ -18,66 +21,84 @@ Asset code is the same in every mode (dagster-slurm's promise, and its API)::
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Mapping, Sequence
-from enum import Enum, StrEnum
+from enum import Enum
 from typing import Any
 
 import dagster as dg
 from dagster._core.pipes.client import PipesClientCompletedInvocation
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from pixi_deploy.errors import ConfigError
 
-from .launchers import BashLauncher, ComputeLauncher
+from .allocation import SharedAllocation, teardown_grace
+from .config.environment import MODES, ExecutionMode
+from .config.runtime import SlurmRunConfig
+from .launchers import BashLauncher, ComputeLauncher, SparkLauncher, merge_launcher
 from .local import run_local
-from .resources import SessionResource, SlurmResource
+from .pipes import pipes_context
+from .resources import (
+    SessionResource,
+    SlurmAllocationScope,
+    SlurmResource,
+    SlurmRunAllocationConfig,
+    allocation_resources,
+)
+from .run_options import RunOptions, resolve
+from .strict import StrictResource, refuse
 
-MODES = ("local", "slurm", "slurm-session")
+__all__ = ["MODES", "ComputeResource", "ExecutionMode"]
+REUSE_REASON = (
+    "a Ray or Spark cluster is not kept between assets; with mode='slurm-session' the assets "
+    "already share one allocation, and each starts its own Ray in it"
+)
 
 
-class ExecutionMode(StrEnum):
-    """The modes by name, for code that prefers constants to strings (as dagster-slurm's)."""
-
-    LOCAL = "local"
-    SLURM = "slurm"
-    SLURM_SESSION = "slurm-session"
-
-
-class ComputeResource(dg.ConfigurableResource):
+class ComputeResource(StrictResource):
     """Where asset payloads run: locally, as one Slurm job each, or in a shared allocation."""
 
-    mode: str = Field(default="local", description="'local', 'slurm' or 'slurm-session'")
+    mode: str = Field(default="local", description="local, slurm, slurm-session, slurm-hetjob")
     slurm: SlurmResource | None = Field(default=None, description="The cluster (slurm modes)")
     session: SessionResource | None = Field(default=None, description="slurm-session's allocation")
     default_launcher: ComputeLauncher = Field(
         default_factory=BashLauncher, description="Launcher unless run(launcher=...) says else"
     )
-    manifest_path: str | None = Field(
-        default=None, description="pixi.toml/pyproject.toml or its folder (default: cwd)"
-    )
-    environment: str | None = Field(default=None, description="pixi environment (default)")
-    auto_detect_platform: bool = Field(
-        default=True, description="Deploy for the edge node's platform (uname)"
-    )
+    debug_mode: bool = Field(default=False, description="Keep run folders and submission details")
+    cleanup_on_failure: bool = Field(default=True, description="Remove failed runs' folders too")
+    auto_detect_platform: bool = Field(default=True, description="Deploy for the edge node's arch")
     pack_platform: str | None = Field(default=None, description="Override, e.g. linux-aarch64")
-    pre_deployed_env_path: str | None = Field(
-        default=None, description="Use this deployed environment; never pack or upload"
+    pre_deployed_env_path: str | None = Field(default=None, description="Use it; never deploy")
+    cache_inject_globs: list[str] | None = Field(
+        default=None, description="No effect: the environment's hash covers all its inputs"
     )
-    debug_mode: bool = Field(
-        default=False, description="Keep the cluster run folder and local submission details"
+    default_skip_payload_upload: bool = Field(
+        default=False, description="Run <pre_deployed_env_path>/scripts/<payload name>"
     )
-    debug_dir: str | None = Field(
-        default=None, description="Where debug_mode keeps submission details (default: tmp)"
+    enable_cluster_reuse: bool = Field(default=False, description="Refused (see README)")
+    cluster_reuse_tolerance: float = Field(default=0.2, ge=0, description="With cluster reuse")
+    pack_on_remote: bool = Field(default=False, description="Refused: packages move from here")
+    remote_pack_timeout: int = Field(default=600, ge=1, description="With pack_on_remote")
+    allocation_scope: SlurmAllocationScope = Field(
+        default=SlurmAllocationScope.ASSET, description="mode='slurm': per asset, or per run"
     )
-    cleanup_on_failure: bool = Field(
-        default=True, description="Remove the cluster run folder of failed runs too"
+    run_allocation: SlurmRunAllocationConfig | None = Field(
+        default=None, description="Size of the run's allocation (allocation_scope=RUN)"
     )
-    local_python: str | None = Field(
-        default=None, description="Interpreter for mode 'local' (default: this one)"
+    default_environment_name: str | None = Field(default=None, description="pixi environment")
+    default_extra_files: list[str] = Field(
+        default_factory=list, description="Files uploaded next to every payload"
     )
-    poll_timeout: float | None = Field(
-        default=None, description="Running-time limit per payload in seconds (None: none)"
-    )
+    project_setup_cmd: list[str] | None = Field(default=None, description="Refused (see README)")
+    manifest_path: str | None = Field(default=None, description="pixi.toml or its folder")
+    environment: str | None = Field(default=None, description="Same as default_environment_name")
+    debug_dir: str | None = Field(default=None, description="Where debug_mode keeps details")
+    local_python: str | None = Field(default=None, description="Interpreter for mode 'local'")
+    poll_timeout: float | None = Field(default=None, description="Running-time limit, seconds")
+
+    _run_allocation: SharedAllocation | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _warned: set[str] = PrivateAttr(default_factory=set)
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -92,59 +113,143 @@ class ComputeResource(dg.ConfigurableResource):
             raise ValueError(f"mode={self.mode!r} needs slurm=SlurmResource(...)")
         if self.mode == "slurm-session" and self.session is None:
             raise ValueError("mode='slurm-session' needs session=SessionResource(...)")
+        if self.enable_cluster_reuse:
+            raise refuse("ComputeResource", "enable_cluster_reuse", REUSE_REASON)
+        if self.pack_on_remote:
+            raise refuse(
+                "ComputeResource",
+                "pack_on_remote",
+                "pixi-deploy fetches the packages here and streams the environment to the "
+                "cluster; use pre_deployed_env_path for a cluster-side deployment",
+            )
+        if self.project_setup_cmd:
+            raise refuse(
+                "ComputeResource",
+                "project_setup_cmd",
+                "there is no setup step; put what the payload needs in the pixi environment",
+            )
+        if self.allocation_scope == SlurmAllocationScope.RUN and self.mode != "slurm":
+            raise ValueError("allocation_scope='run' needs mode='slurm'")
+        if self.run_allocation is not None and self.allocation_scope != SlurmAllocationScope.RUN:
+            raise ValueError("run_allocation is only used with allocation_scope='run'")
+        name, other = self.default_environment_name, self.environment
+        if name and other and name != other:
+            raise ValueError("default_environment_name and environment disagree; set one")
         return self
 
+    # -- running ------------------------------------------------------------------------------
     def run(
         self,
-        context: dg.AssetExecutionContext | dg.OpExecutionContext,
+        context: Any,
         payload_path: str,
         launcher: ComputeLauncher | None = None,
-        extra_env: Mapping[str, str] | None = None,
-        extras: Mapping[str, Any] | None = None,
-        resource_requirements: Mapping[str, Any] | None = None,
         extra_slurm_opts: Mapping[str, Any] | None = None,
-        extra_files: Sequence[str] | None = None,
-        poll_timeout: float | None = None,
+        resource_requirements: Mapping[str, Any] | None = None,
+        force_env_push: bool | None = None,
+        skip_payload_upload: bool | None = None,
+        remote_payload_path: str | None = None,
+        config: SlurmRunConfig | None = None,
+        *,
+        environment_name: str | None = None,
+        metrics_collector: Any = None,
+        slurm_metrics: Any = None,
+        **kwargs: Any,
     ) -> PipesClientCompletedInvocation:
         """Run the payload script with Dagster Pipes and return its results.
 
-        Use ``.get_materialize_result()`` for one asset, ``.get_results()`` for multi-assets
-        and asset checks. ``extras`` reach the payload as ``context.extras``; ``extra_env`` as
-        environment variables. ``resource_requirements`` / ``extra_slurm_opts`` override the
+        Use ``.get_materialize_result()`` for one asset, ``.get_results()`` for multi-assets,
+        ``.get_asset_check_result()`` in an asset check. ``extras=`` reach the payload as
+        ``context.extras``, ``extra_env=`` as environment variables, ``extra_files=`` are
+        uploaded next to it. ``extra_slurm_opts`` / ``resource_requirements`` override the
         queue defaults for this run (``nodes``, ``cpus_per_task``/``cpus``, ``mem``/
-        ``memory_gb``, ``gpus_per_node``/``gpus``, ``time_limit``, ``partition``, ...). A failed
-        payload fails the asset with the payload's own traceback.
+        ``memory_gb``, ``gpus_per_node``, ``time_limit``, ``partition``, ...).
+        ``config=SlurmRunConfig(...)`` (an asset's launchpad config) and asset metadata
+        decide payload upload as in dagster-slurm. A failed payload fails the asset with the
+        payload's own traceback.
         """
-        timeout = poll_timeout if poll_timeout is not None else self.poll_timeout
+        context = pipes_context(context)
+        self._warn_once(context)
+        options = resolve(
+            context,
+            payload_path,
+            explicit={
+                "force_env_push": force_env_push,
+                "skip_payload_upload": skip_payload_upload,
+                "remote_payload_path": remote_payload_path,
+                "environment_name": environment_name,
+                "metrics_collector": metrics_collector,
+                "slurm_metrics": slurm_metrics,
+            },
+            config=config,
+            defaults={
+                "pre_deployed_env_path": self.pre_deployed_env_path,
+                "default_skip_payload_upload": self.default_skip_payload_upload,
+                "default_extra_files": self.default_extra_files,
+                "environment": self.default_environment_name or self.environment,
+            },
+            kwargs=kwargs,
+        )
+        chosen = merge_launcher(self.default_launcher, launcher)
+        if isinstance(chosen, SparkLauncher):
+            chosen.to_core()  # raises: not built
+        timeout = kwargs.get("poll_timeout")
+        timeout = timeout if timeout is not None else self.poll_timeout
         if self.mode == "local":
             return run_local(
                 context,
                 payload_path,
                 python=self.local_python or sys.executable,
-                extra_env=extra_env,
-                extras=extras,
+                extra_env=kwargs.get("extra_env"),
+                extras=kwargs.get("extras"),
                 timeout=timeout,
             )
-        from .remote import RemoteRun, ensure_environment, run_remote
+        overrides = {**(resource_requirements or {}), **(extra_slurm_opts or {})}
+        return self._run_remote(context, payload_path, chosen, overrides, options, kwargs, timeout)
+
+    def _run_remote(
+        self,
+        context: Any,
+        payload_path: str,
+        chosen: ComputeLauncher,
+        overrides: dict[str, Any],
+        options: RunOptions,
+        kwargs: Mapping[str, Any],
+        timeout: float | None,
+    ) -> PipesClientCompletedInvocation:
+        from .remote import RemoteRun, StepAllocation, run_id, run_remote
 
         slurm = self._slurm()
-        session = self.session if self.mode == "slurm-session" else None
-        if session is not None and not session.active:
-            context.log.info("[pixi-deploy] the session is disabled: one Slurm job per asset")
-            session = None
-        overrides = {**(resource_requirements or {}), **(extra_slurm_opts or {})}
+        allocation: StepAllocation | None = None
         resources = slurm.queue.job_resources(overrides)
+        session = self.session if self.mode == "slurm-session" else None
+        if session is not None and (not session.active or options.use_session is False):
+            context.log.info("[pixi-deploy] the session is not used: one Slurm job per asset")
+            session = None
         if session is not None:
+            name, rid = f"dagster-{run_id(context)[:8]}", run_id(context)
+            allocation = StepAllocation(
+                get=lambda: session.get_session(slurm, name, rid),
+                release=lambda: session.release(interrupted=True),
+            )
             resources = _step_resources(overrides)
-        env_path, facts = ensure_environment(
-            context,
-            slurm,
-            pre_deployed_env_path=self.pre_deployed_env_path,
-            manifest_path=self.manifest_path,
-            environment=self.environment,
-            platform=self._platform(),
-        )
-        chosen = launcher or self.default_launcher
+        elif self.allocation_scope == SlurmAllocationScope.RUN and self.mode == "slurm":
+            if overrides:
+                raise ConfigError(
+                    "allocation_scope='run' gives the run one allocation shape; this asset asks "
+                    f"for its own ({', '.join(sorted(overrides))})",
+                    "size the allocation with run_allocation=SlurmRunAllocationConfig(...)",
+                )
+            shared = self._shared_run_allocation(context)
+            allocation = StepAllocation(
+                get=shared.acquire,
+                release=lambda: shared.release(grace=0),
+                label="run allocation",
+                mode="slurm-run-allocation",
+            )
+            from pixi_deploy.slurm import JobResources
+
+            resources = JobResources(nodes=shared.resources.nodes)  # the step gets all nodes
+        env_path, facts = self._environment(context, slurm, options)
         return run_remote(
             context,
             payload_path,
@@ -153,10 +258,11 @@ class ComputeResource(dg.ConfigurableResource):
                 environment_path=env_path,
                 launcher=chosen.to_core(),
                 resources=resources,
-                session=session,
-                extra_env=dict(extra_env or {}),
-                extras=dict(extras or {}),
-                extra_files=list(extra_files or []),
+                allocation=allocation,
+                remote_payload=options.remote_payload,
+                extra_env=dict(kwargs.get("extra_env") or {}),
+                extras=dict(kwargs.get("extras") or {}),
+                extra_files=options.extra_files,
                 timeout=timeout,
                 debug_mode=self.debug_mode,
                 debug_dir=self.debug_dir,
@@ -165,12 +271,7 @@ class ComputeResource(dg.ConfigurableResource):
             ),
         )
 
-    def run_session(
-        self,
-        context: dg.AssetExecutionContext | dg.OpExecutionContext,
-        payload_path: str,
-        **kwargs: Any,
-    ) -> PipesClientCompletedInvocation:
+    def run_session(self, context: Any, payload_path: str, **kwargs: Any) -> Any:
         """``run`` that insists on the shared allocation (mode ``slurm-session``)."""
         if self.mode != "slurm-session":
             raise ConfigError(
@@ -178,28 +279,81 @@ class ComputeResource(dg.ConfigurableResource):
             )
         return self.run(context, payload_path, **kwargs)
 
-    def deploy(self, context: dg.AssetExecutionContext | dg.OpExecutionContext) -> str:
+    def run_hetjob(
+        self,
+        context: Any,
+        assets: Sequence[tuple[str, str, Mapping[str, Any]]],
+        launchers: Mapping[str, ComputeLauncher] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, PipesClientCompletedInvocation]:
+        """Run several payloads as the components of one heterogeneous Slurm job (mode
+        ``slurm-hetjob``): ``assets`` are ``(name, payload_path, requirements)``, each
+        payload gets its own sizes and its own Pipes session; returns each one's results by
+        name (``yield from results[name].get_results()``). See :mod:`.hetjob`."""
+        from .hetjob import run_hetjob
+
+        if self.mode != "slurm-hetjob":
+            raise ConfigError(f"run_hetjob needs mode='slurm-hetjob' (this is {self.mode!r})")
+        return run_hetjob(self, pipes_context(context), assets, launchers or {}, kwargs)
+
+    def deploy(self, context: Any) -> str:
         """Deploy (or find) the environment now and return its path on the cluster, e.g. in
         a first asset so that later ones start at once."""
-        from .remote import ensure_environment
-
-        path, _ = ensure_environment(
-            context,
-            self._slurm(),
-            pre_deployed_env_path=self.pre_deployed_env_path,
-            manifest_path=self.manifest_path,
-            environment=self.environment,
-            platform=self._platform(),
-        )
-        return path
+        return self._environment(context, self._slurm(), RunOptions())[0]
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         # Dagster also tears the nested SessionResource down; releasing twice is harmless and
         # makes sure the allocation goes even if only this resource is torn down.
         if self.session is not None:
             self.session.release()
+        with self._lock:
+            shared, self._run_allocation = self._run_allocation, None
+        if shared is not None:
+            grace = self.run_allocation.release_grace if self.run_allocation else 60.0
+            shared.release(grace=teardown_grace(grace))
 
     # -- helpers --------------------------------------------------------------------------
+    def environment_facts(self, context: Any, options: RunOptions) -> tuple[str, dict[str, Any]]:
+        return self._environment(context, self._slurm(), options)
+
+    def _environment(
+        self, context: Any, slurm: SlurmResource, options: RunOptions
+    ) -> tuple[str, dict[str, Any]]:
+        from .remote import ensure_environment
+
+        return ensure_environment(
+            context,
+            slurm,
+            pre_deployed_env_path=options.pre_deployed_env_path or self.pre_deployed_env_path,
+            manifest_path=self.manifest_path,
+            environment=options.environment or self.default_environment_name or self.environment,
+            platform=self._platform(),
+        )
+
+    def _shared_run_allocation(self, context: Any) -> SharedAllocation:
+        from .remote import run_id
+
+        slurm = self._slurm()
+        with self._lock:
+            if self._run_allocation is None:
+                sizes = self.run_allocation.overrides() if self.run_allocation else {}
+                self._run_allocation = SharedAllocation(
+                    slurm.client(),
+                    allocation_resources(slurm, sizes),
+                    run_id=run_id(context),
+                    name=f"dagster-{run_id(context)[:8]}",
+                    max_concurrent_steps=self.session.max_concurrent_jobs if self.session else 10,
+                )
+            return self._run_allocation
+
+    def _warn_once(self, context: Any) -> None:
+        if self.cache_inject_globs and "cache_inject_globs" not in self._warned:
+            self._warned.add("cache_inject_globs")
+            context.log.warning(
+                "[pixi-deploy] cache_inject_globs has no effect: an environment is named by the "
+                "hash of everything that goes into it, so any change deploys a new one"
+            )
+
     def _slurm(self) -> SlurmResource:
         if self.slurm is None:
             raise ConfigError(f"mode={self.mode!r} needs slurm=SlurmResource(...)")
@@ -220,5 +374,5 @@ def _step_resources(overrides: Mapping[str, Any]) -> Any:
 
     if not overrides:
         return JobResources()
-    blank = SlurmQueueConfig(time_limit="", cpus=0, num_nodes=0)
+    blank = SlurmQueueConfig(time_limit="", cpus=0, num_nodes=0, mem=None)
     return blank.job_resources(dict(overrides))

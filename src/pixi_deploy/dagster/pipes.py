@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, cast
 
+import dagster as dg
 from dagster._core.pipes.client import PipesContextInjector, PipesMessageReader
 from dagster._core.pipes.context import PipesMessageHandler
 from dagster_pipes import PipesMessage
@@ -217,3 +218,11 @@ def failure_text(headline: str, remote_traceback: str | None, stderr_tail: str) 
         return headline
     label = "payload traceback" if remote_traceback else "last lines of the payload's stderr"
     return f"{headline}\n\n{label}:\n{detail}"
+
+
+def pipes_context(context: Any) -> Any:
+    """The context a Pipes session needs: an asset check's ``AssetCheckExecutionContext`` has
+    no ``has_assets_def`` & co., so its op context is used, as Dagster's own clients do."""
+    if isinstance(context, dg.AssetCheckExecutionContext):
+        return context.op_execution_context
+    return context

@@ -20,7 +20,7 @@ import json
 import re
 import secrets
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from dagster._core.pipes.utils import open_pipes_session
 
 from pixi_deploy import api
 from pixi_deploy.errors import ConfigError
-from pixi_deploy.slurm import JobResources, JobResult, JobSpec
+from pixi_deploy.slurm import JobResources, JobResult, JobSpec, SlurmSession
 
 from .pipes import (
     ExceptionCapturingReader,
@@ -41,7 +41,7 @@ from .pipes import (
     RemoteFileMessageReader,
     failure_text,
 )
-from .resources import SessionResource, SlurmResource
+from .resources import SlurmResource
 
 Context = AssetExecutionContext | OpExecutionContext
 # the run's folder, then its parent if this was the run's last asset
@@ -50,14 +50,30 @@ _CHECK_ENV = '[ -f "$1/activate.sh" ] && [ -f "$1/deployment_metadata.json" ]'
 
 
 @dataclass
+class StepAllocation:
+    """Run as an srun step of an allocation: ``get()`` gives the running session (requested on
+    first use), ``release()`` lets it go after an interrupt; ``het_group`` picks the component
+    of a heterogeneous job. ``label`` names it in log lines."""
+
+    get: Callable[[], SlurmSession]
+    release: Callable[[], None]
+    label: str = "session allocation"
+    mode: str = "slurm-session"
+    het_group: int | None = None
+
+
+@dataclass
 class RemoteRun:
-    """Everything one asset run on the cluster needs, resolved by ComputeResource."""
+    """Everything one asset run on the cluster needs, resolved by ComputeResource.
+
+    ``remote_payload`` set means "do not upload: run this file already on the cluster"."""
 
     slurm: SlurmResource
     environment_path: str
     launcher: Any
     resources: JobResources
-    session: SessionResource | None = None
+    allocation: StepAllocation | None = None
+    remote_payload: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
     extras: Mapping[str, Any] = field(default_factory=dict)
     extra_files: Sequence[str] = ()
@@ -66,6 +82,16 @@ class RemoteRun:
     debug_dir: str | None = None
     cleanup_on_failure: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
+    implicit_materializations: bool = True  # False: results only for what the payload reported
+
+
+class ReportedResults(PipesClientCompletedInvocation):
+    """Results of a payload that shares its Dagster step with others (a heterogeneous job's
+    component): by default only what it reported, so that the step's other assets are not
+    materialized implicitly by every component."""
+
+    def get_results(self, *, implicit_materializations: bool = False) -> Any:
+        return super().get_results(implicit_materializations=implicit_materializations)
 
 
 def ensure_environment(
@@ -120,12 +146,20 @@ def run_remote(
 ) -> PipesClientCompletedInvocation:
     """Upload the payload, run it on the cluster in a Pipes session, return its results."""
     payload = Path(payload_path)
-    if not payload.is_file():
-        raise DagsterPipesExecutionError(f"payload {payload_path} does not exist")
     transport = run.slurm.transport()
     folder = f"{run.slurm.base_path()}/dagster/{_run_id(context)}/{_step_name(context)}"
-    remote_payload = f"{folder}/{payload.name}"
-    transport.put_bytes(payload.read_bytes(), remote_payload)
+    if run.remote_payload:
+        remote_payload = run.remote_payload
+        if not transport.exists(remote_payload):
+            raise DagsterPipesExecutionError(
+                f"the payload {remote_payload} is not on the cluster (skip_payload_upload is "
+                "set, so it was not uploaded); deploy it there or upload it"
+            )
+    else:
+        if not payload.is_file():
+            raise DagsterPipesExecutionError(f"payload {payload_path} does not exist")
+        remote_payload = f"{folder}/{payload.name}"
+        transport.put_bytes(payload.read_bytes(), remote_payload)
     for extra in run.extra_files:
         transport.put_bytes(Path(extra).read_bytes(), f"{folder}/{Path(extra).name}")
     reader = ExceptionCapturingReader(
@@ -155,7 +189,7 @@ def run_remote(
             )
             if run.debug_mode:
                 _keep_debug_copy(context, spec, folder, run)
-            if run.session is not None:
+            if run.allocation is not None:
                 result = _run_step(context, run, spec, output)
             else:
                 result = _run_job(context, run, spec, output)
@@ -170,12 +204,15 @@ def run_remote(
     if not result.ok:
         raise DagsterPipesExecutionError(
             failure_text(
-                f"the payload {payload.name} failed on the cluster: {result.message()}",
+                f"the payload {Path(remote_payload).name} failed on the cluster: "
+                f"{result.message()}",
                 reader.remote_traceback(),
                 result.stderr_tail or output.stderr_tail(),
             )
         )
     metadata = {**run.metadata, "pixi_deploy_mode": _mode(run)}
+    if not run.implicit_materializations:
+        return ReportedResults(session, metadata=metadata)
     return PipesClientCompletedInvocation(session, metadata=metadata)
 
 
@@ -195,26 +232,42 @@ def _run_job(context: Context, run: RemoteRun, spec: JobSpec, output: OutputForw
 def _run_step(
     context: Context, run: RemoteRun, spec: JobSpec, output: OutputForwarder
 ) -> JobResult:
-    assert run.session is not None
-    session = run.session.get_session(run.slurm, f"dagster-{_run_id(context)[:8]}")
+    allocation = run.allocation
+    assert allocation is not None
+    try:
+        session = allocation.get()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            allocation.release()
+        raise
     holder = session.job.id if session.job is not None else "?"
-    context.log.info(f"[pixi-deploy] running as a step of the session allocation {holder}")
+    group = f" (component {allocation.het_group})" if allocation.het_group is not None else ""
+    context.log.info(f"[pixi-deploy] running as a step of the {allocation.label} {holder}{group}")
     run.metadata["slurm_job_id"] = holder
     try:
         result = session.run(
-            spec, timeout=run.timeout, on_stdout=output.on_stdout, on_stderr=output.on_stderr
+            spec,
+            timeout=run.timeout,
+            on_stdout=output.on_stdout,
+            on_stderr=output.on_stderr,
+            het_group=allocation.het_group,
         )
     except BaseException:  # the step's srun died with its channel; free the allocation too
-        context.log.warning(f"[pixi-deploy] releasing the session allocation {holder}")
+        context.log.warning(f"[pixi-deploy] releasing the {allocation.label} {holder}")
         with contextlib.suppress(Exception):
-            run.session.release()
+            allocation.release()
         raise
     run.metadata["slurm_step"] = result.job_id
     return result
 
 
 def _mode(run: RemoteRun) -> str:
-    return "slurm-session" if run.session is not None else "slurm"
+    return run.allocation.mode if run.allocation is not None else "slurm"
+
+
+def run_id(context: Context) -> str:
+    """The Dagster run id, safe as a path part."""
+    return _run_id(context)
 
 
 def _run_id(context: Context) -> str:

@@ -56,7 +56,7 @@ fi
 printf '%s\n\035\n' "$out"
 ended=
 for id in $(printf '%s' "$ids" | tr ',' ' '); do
-  mine=$(printf '%s\n' "$out" | grep -E "^${id}(_[^|]*)?\|")
+  mine=$(printf '%s\n' "$out" | grep -E "^${id}([_+][^|]*)?\|")
   if [ -z "$mine" ]; then ended="$ended $id"; continue; fi
   # all rows ended, and not all COMPLETED (COMPLETED means exit code 0: nothing to look up)
   if ! printf '%s\n' "$mine" | grep -qvE '\|(COMPLETED|FAILED|OUT_OF_MEMORY|TIMEOUT|NODE_FAIL|CANCELLED|PREEMPTED|BOOT_FAIL|DEADLINE|SPECIAL_EXIT|REVOKED)\|' \

@@ -36,13 +36,19 @@ def step_options(resources: JobResources) -> list[str]:
         out.append(f"--mem={resources.mem}")
     if resources.gpus not in (None, ""):
         out.append(f"--gpus={resources.gpus}")
+    if resources.gpus_per_node:
+        out.append(f"--gres=gpu:{resources.gpus_per_node}")
     if resources.time:
         out.append(f"--time={resources.time}")
     return out
 
 
 class SlurmSession:
-    """One allocation, many steps. Use as a context manager, or call start()/close()."""
+    """One allocation, many steps. Use as a context manager, or call start()/close().
+
+    With ``components`` the allocation is a heterogeneous job: ``resources`` is component 0,
+    ``components[i]`` component i+1, and ``run(spec, het_group=i)`` runs a step in one of them.
+    """
 
     def __init__(
         self,
@@ -52,11 +58,13 @@ class SlurmSession:
         max_concurrent_steps: int = 4,
         name: str = "pixi-deploy-session",
         start_timeout: float | None = None,
+        components: list[JobResources] | None = None,
     ) -> None:
         if max_concurrent_steps < 1:
             raise SchedulerError("max_concurrent_steps must be at least 1")
         self.client = client
         self.resources = resources
+        self.components = list(components or [])
         self.name = name
         self.start_timeout = start_timeout
         self.job: Job | None = None
@@ -71,22 +79,40 @@ class SlurmSession:
         ``start_timeout`` is given)."""
         if self.job is not None:
             return
-        holder = JobSpec(script="exec sleep 2147483647", name=self.name, resources=self.resources)
-        self.job = self.client.submit(holder)
+        self.submit()
+        self.wait_until_running()
+
+    def submit(self) -> Job:
+        """Submit the holder job without waiting for it (see wait_until_running)."""
+        if self.job is None:
+            holder = JobSpec(
+                script="exec sleep 2147483647",
+                name=self.name,
+                resources=self.resources,
+                het_components=self.components,
+            )
+            self.job = self.client.submit(holder)
+        return self.job
+
+    def wait_until_running(self) -> None:
+        """Wait for the holder job (submitted here or attached to) to run; releases it if it
+        ends first or does not start within ``start_timeout``."""
+        assert self.job is not None
+        job = self.job
         deadline = None if self.start_timeout is None else time.monotonic() + self.start_timeout
         try:
             while True:
-                status = self.job.status()
+                status = job.status()
                 if status.running:
                     return
                 if status.final or status.state == "UNKNOWN":
                     raise SchedulerError(
-                        f"the session's allocation (job {self.job.id}) ended before it started: "
-                        + self.job.result(status).message()
+                        f"the session's allocation (job {job.id}) ended before it started: "
+                        + job.result(status).message()
                     )
                 if deadline is not None and time.monotonic() > deadline:
                     raise SchedulerError(
-                        f"the session's allocation (job {self.job.id}) did not start within "
+                        f"the session's allocation (job {job.id}) did not start within "
                         f"{self.start_timeout:g}s ({status.state}: {status.reason})",
                         "ask for fewer resources or raise start_timeout",
                     )
@@ -102,9 +128,15 @@ class SlurmSession:
         timeout: float | None = None,
         on_stdout: LineCallback | None = None,
         on_stderr: LineCallback | None = None,
+        het_group: int | None = None,
     ) -> JobResult:
         """Run one step in the allocation and return how it ended (never raises for a failed
         step: see JobResult.raise_for_state). Ctrl-C stops the step and re-raises."""
+        if het_group is not None and not 0 <= het_group <= len(self.components):
+            raise SchedulerError(
+                f"het_group {het_group} is not a component of this allocation "
+                f"(0-{len(self.components)})"
+            )
         if self.job is None:
             self.start()
         assert self.job is not None
@@ -117,7 +149,7 @@ class SlurmSession:
                 self._active += 1
                 self.peak_concurrent_steps = max(self.peak_concurrent_steps, self._active)
             try:
-                return self._run_step(spec, run_dir, data, timeout, on_stdout, on_stderr)
+                return self._run_step(spec, run_dir, data, timeout, on_stdout, on_stderr, het_group)
             finally:
                 with self._count_lock:
                     self._active -= 1
@@ -130,6 +162,7 @@ class SlurmSession:
         timeout: float | None,
         on_stdout: LineCallback | None,
         on_stderr: LineCallback | None,
+        het_group: int | None = None,
     ) -> JobResult:
         assert self.job is not None
         transport = self.client.transport
@@ -153,6 +186,7 @@ class SlurmSession:
         argv = [
             "srun",
             f"--jobid={self.job.id}",
+            *([f"--het-group={het_group}"] if het_group is not None else []),
             "--overlap",
             f"--job-name={spec.name}",
             *step_options(spec.resources),

@@ -40,7 +40,13 @@ ACTIVE_STATES = frozenset(
 
 @dataclass
 class JobResources:
-    """sbatch options; None means "the cluster's default". ``extra_sbatch`` passes lines through."""
+    """sbatch options; None means "the cluster's default". ``extra_sbatch`` passes lines through.
+
+    ``gpus`` is per job (``--gpus``), ``gpus_per_node`` per node (``--gres=gpu:N``, what
+    Slurm sites and dagster-slurm mean by "GPUs per node"). ``signal`` is sbatch's
+    ``--signal`` value, e.g. ``B:TERM@120`` (the batch shell gets SIGTERM 120 s before the
+    time limit).
+    """
 
     partition: str | None = None
     nodes: int | None = None
@@ -54,6 +60,8 @@ class JobResources:
     reservation: str | None = None
     constraint: str | None = None
     extra_sbatch: list[str] = field(default_factory=list)
+    gpus_per_node: int | None = None
+    signal: str | None = None
 
     def options(self) -> list[str]:
         """The ``--name=value`` options, in a stable order (also used for srun steps)."""
@@ -64,11 +72,13 @@ class JobResources:
             ("cpus-per-task", self.cpus_per_task),
             ("mem", self.mem),
             ("gpus", self.gpus),
+            ("gres", f"gpu:{self.gpus_per_node}" if self.gpus_per_node else None),
             ("time", self.time),
             ("account", self.account),
             ("qos", self.qos),
             ("reservation", self.reservation),
             ("constraint", self.constraint),
+            ("signal", self.signal),
         ]
         out = [f"--{name}={value}" for name, value in pairs if value not in (None, "")]
         for extra in self.extra_sbatch:
@@ -101,6 +111,8 @@ class JobSpec:
     launcher: Launcher | None = None
     #: The code snapshot the job gets a working copy of (its PIXI_PROJECT_ROOT), or none.
     code: CodeCheckout | None = None
+    # further components of a heterogeneous job (``resources`` is the first one)
+    het_components: list[JobResources] = field(default_factory=list)
 
     def check(self) -> None:
         """Refuse specs that cannot run before anything is sent to the cluster."""

@@ -91,9 +91,10 @@ def parse_key_values(text: str, source: str) -> dict[str, JobStatus]:
 
 
 def rows_for(job_id: str, rows: Mapping[str, JobStatus]) -> dict[str, JobStatus]:
-    """The rows that belong to a job: itself, or its array tasks (``ID_N``, ``ID_[..]``)."""
-    prefix = f"{job_id}_"
-    return {k: v for k, v in rows.items() if k == job_id or k.startswith(prefix)}
+    """The rows that belong to a job: itself, its array tasks (``ID_N``, ``ID_[..]``) or the
+    components of a heterogeneous job (``ID+N``)."""
+    prefixes = (f"{job_id}_", f"{job_id}+")
+    return {k: v for k, v in rows.items() if k == job_id or k.startswith(prefixes)}
 
 
 def combine(job_id: str, rows: Mapping[str, JobStatus]) -> JobStatus | None:
@@ -117,7 +118,7 @@ def combine(job_id: str, rows: Mapping[str, JobStatus]) -> JobStatus | None:
 
 
 def _task_order(key: str) -> tuple[int, str]:
-    _, _, task = key.partition("_")
+    _, _, task = key.replace("+", "_", 1).partition("_")
     return (int(task), "") if task.isdigit() else (1 << 30, task)
 
 

@@ -7,6 +7,8 @@ handled in one place.
 
 from __future__ import annotations
 
+from .auth import AuthProvider, CertificateCommandProvider
+from .certificates import CertificateInfo
 from .connection import LineStream, Transport, close_all, get_transport
 from .failures import ConnectionLostError, RemoteCommandError, RemoteFileNotFoundError
 from .quoting import command_line, join, quote, sh_c
@@ -14,6 +16,9 @@ from .session import CommandResult, TransportStats
 from .settings import Secret, SSHSettings
 
 __all__ = [
+    "AuthProvider",
+    "CertificateCommandProvider",
+    "CertificateInfo",
     "CommandResult",
     "ConnectionLostError",
     "LineStream",

@@ -1,19 +1,30 @@
-"""Open one authenticated asyncssh connection, following ProxyJump chains from ssh config.
+"""Open one authenticated asyncssh connection, through a jump host or ProxyJump chain.
 
 ProxyJump is resolved here rather than by asyncssh so that every hop is checked with the
-same known_hosts policy (asyncssh would use its defaults for the hops).
+same known_hosts policy (asyncssh would use its defaults for the hops). An explicit jump
+host (``SSHSettings.jump``) is a connection of its own, with its own credentials and
+known_hosts; the target is then reached through a tunnel over it. Before each connect the
+settings' auth provider may renew credentials; after a refused login the certificates that
+were on offer are checked, so that "your certificate expired at 10:00" replaces "permission
+denied".
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import asyncssh
 
-from .failures import connect_error
+from . import certificates
+from .auth import run_auth_provider
+from .failures import PermanentConnectError, connect_error
 from .hostkeys import HostKeyPolicy, PolicyClient
 from .settings import SSHSettings
+
+log = logging.getLogger("pixi_deploy.transport")
 
 
 def config_paths(settings: SSHSettings) -> list[str]:
@@ -44,9 +55,11 @@ async def _connect_one(
     on_lost: Callable[[], None] | None,
 ) -> asyncssh.SSHClientConnection:
     policy = HostKeyPolicy(settings.known_hosts, settings.accept_new_host_key)
+    if not settings.check_host_keys:
+        log.warning("host-key checking is OFF for %s (host_key_checking='off')", host)
     kwargs: dict[str, Any] = {
         "config": config_paths(settings),
-        "known_hosts": policy.known,
+        "known_hosts": policy.known if settings.check_host_keys else None,
         "client_factory": lambda: PolicyClient(policy, on_lost),
         "connect_timeout": settings.connect_timeout,
         "keepalive_interval": settings.keepalive_interval,
@@ -62,17 +75,63 @@ async def _connect_one(
         kwargs["port"] = port
     if user is not None:
         kwargs["username"] = user
-    if credentials and settings.key_path is not None:
-        kwargs.update(client_keys=[str(settings.key_path)], agent_path=None)
-        kwargs["preferred_auth"] = "publickey"
-    elif credentials and settings.password is not None:
-        kwargs.update(password=settings.password.reveal(), client_keys=None, agent_path=None)
-        kwargs["preferred_auth"] = "keyboard-interactive,password"
+    if credentials:
+        kwargs.update(_credentials(settings))
     where = f"{user + '@' if user else ''}{host}{f':{port}' if port else ''}"
     try:
         return await asyncssh.connect(host, **kwargs)
+    except asyncssh.PermissionDenied as exc:
+        reason = await _certificate_reason(settings, host, port, user, kwargs)
+        if reason is None:
+            raise connect_error(exc, where, policy, settings.connect_timeout) from None
+        raise PermanentConnectError(
+            f"authentication to {where} was refused: {reason}",
+            "renew the certificate (e.g. `step ssh login`), or set an auth provider that "
+            "renews it before each connect",
+        ) from None
     except (TimeoutError, asyncssh.Error, OSError, ValueError) as exc:
         raise connect_error(exc, where, policy, settings.connect_timeout) from None
+
+
+def _credentials(settings: SSHSettings) -> dict[str, Any]:
+    """How this hop logs in: the key (with ``<key>-cert.pub`` if present), the password, or
+    (neither) asyncssh's defaults: ssh-agent and the config's identities and certificates."""
+    if settings.key_path is not None:
+        return {
+            "client_keys": [str(settings.key_path)],
+            "agent_path": None,
+            "preferred_auth": "publickey",
+        }
+    if settings.password is not None:
+        return {
+            "password": settings.password.reveal(),
+            "client_keys": None,
+            "agent_path": None,
+            "preferred_auth": "keyboard-interactive,password",
+        }
+    return {}
+
+
+async def _certificate_reason(
+    settings: SSHSettings, host: str, port: int | None, user: str | None, kwargs: dict[str, Any]
+) -> str | None:
+    """If every certificate this login offered is unusable, say why (expired, not yet valid,
+    wrong principal); None if no certificate was involved or one of them was fine."""
+    if settings.password is not None:
+        return None
+    option_kwargs = {
+        k: kwargs[k] for k in ("config", "client_keys", "agent_path", "username") if k in kwargs
+    }
+    try:
+        options = asyncssh.SSHClientConnectionOptions(
+            host=host, port=port if port is not None else (), **option_kwargs
+        )
+    except (OSError, asyncssh.Error, ValueError):
+        return None
+    offered = certificates.local_certificates(options)
+    offered += await certificates.agent_certificates(getattr(options, "agent_path", None))
+    login = user or getattr(options, "username", None)
+    return certificates.explain_refusal(offered, login)
 
 
 PREFERRED_CIPHERS = [
@@ -90,7 +149,22 @@ MAX_PACKET_BYTES = 256 * 1024
 async def open_connection(
     settings: SSHSettings, on_lost: Callable[[], None] | None = None
 ) -> asyncssh.SSHClientConnection:
-    """Connect to the edge node (through its ProxyJump hops, if any) and log in."""
+    """Connect to the edge node (through its jump host or ProxyJump hops) and log in."""
+    if settings.auth_provider is not None:
+        await asyncio.get_running_loop().run_in_executor(
+            None, run_auth_provider, settings.auth_provider, settings.destination
+        )
+    if settings.jump is not None:
+        via = await open_connection(settings.jump)
+        try:
+            conn = await _connect_one(
+                settings, settings.host, settings.port, settings.user, via, True, on_lost
+            )
+        except BaseException:
+            via.close()
+            raise
+        conn.set_tunnel(via)  # closing the connection closes the jump host's too
+        return conn
     options = asyncssh.SSHClientConnectionOptions(
         config=config_paths(settings),
         host=settings.host,

@@ -92,3 +92,14 @@ def with_watchdog(argv: Sequence[Arg]) -> list[str]:
     """Wrap argv so that closing stdin (cancel, lost connection) kills the remote program."""
     _check_argv(argv)
     return sh_c(_WATCHDOG, argv, name="pixi-deploy-stream")
+
+
+def after_login(command: str, post_login_command: str | None) -> str:
+    """Wrap a remote command in the site's post-login command (dagster-slurm's semantics):
+    ``{cmd}`` in the template is replaced by ``sh -c '<command>'``; without it the command
+    runs after the template succeeded (``TEMPLATE && command``)."""
+    if not post_login_command:
+        return command
+    if "{cmd}" in post_login_command:
+        return post_login_command.replace("{cmd}", f"sh -c {quote(command)}")
+    return f"{post_login_command} && {command}"

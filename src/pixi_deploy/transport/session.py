@@ -147,9 +147,18 @@ class Session:
             self.drop()
             return await op()
 
+    def uses_pty(self, stdin_devnull: bool) -> bool:
+        """force_tty gives a pseudo-terminal to commands that read no input: a terminal would
+        mangle data sent on stdin (uploads, the stream watchdog), so those never get one."""
+        return self.settings.force_tty and stdin_devnull
+
     async def start_process(
         self, command: str, stdin_devnull: bool
     ) -> asyncssh.SSHClientProcess[bytes]:
+        command = quoting.after_login(command, self.settings.post_login_command)
+        pty: dict[str, object] = {}
+        if self.uses_pty(stdin_devnull):
+            pty = {"term_type": "dumb", "request_pty": "force"}
         for delay in (*self.refusal_delays, None):
             conn = await self.connection()
             try:
@@ -157,6 +166,7 @@ class Session:
                     command,
                     encoding=None,
                     stdin=asyncssh.DEVNULL if stdin_devnull else asyncssh.PIPE,
+                    **pty,
                 )
             except LOST as exc:
                 self.drop()
@@ -215,6 +225,8 @@ class Session:
             )
         if status < 0:  # killed by a signal, like a shell reports it
             status = 128 + 15
+        if self.uses_pty(not input) and isinstance(out, bytes):  # a terminal ends lines "\r\n"
+            out = out.replace(b"\r\n", b"\n")
         result = CommandResult(
             argv=shown,
             exit_status=status,

@@ -13,8 +13,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pixi_deploy.errors import ConfigError
+
+if TYPE_CHECKING:
+    from .auth import AuthProvider
 
 ENV_HOST = "SLURM_EDGE_NODE_HOST"
 ENV_PORT = "SLURM_EDGE_NODE_PORT"
@@ -71,9 +75,18 @@ class SSHSettings:
     """Where and how to log in to the edge node.
 
     ``host`` may be a ``~/.ssh/config`` alias: ``HostName``, ``User``, ``Port``,
-    ``IdentityFile`` and ``ProxyJump`` from that file apply unless overridden here. With
-    neither ``key_path`` nor ``password``, ssh-agent and the config's identities are used.
-    ``port=None`` means "from ssh config, else 22".
+    ``IdentityFile``, ``CertificateFile`` and ``ProxyJump`` from that file apply unless
+    overridden here. With neither ``key_path`` nor ``password``, ssh-agent (certificates
+    included) and the config's identities are used; a certificate ``<key>-cert.pub`` beside
+    ``key_path`` is offered with the key. ``port=None`` means "from ssh config, else 22".
+
+    ``jump`` is a login host to tunnel through with its *own* credentials and known_hosts
+    (like ``ssh -J``, but each hop checked and authenticated as configured here).
+    ``auth_provider.ensure()`` runs before every connect, e.g. to renew a short-lived SSH
+    certificate. ``post_login_command`` wraps every remote command (``"{cmd}"`` in it is
+    replaced by ``sh -c '<command>'``, otherwise it runs as ``TEMPLATE && <command>``), and
+    ``force_tty`` gives commands without input a pseudo-terminal, for login nodes that need
+    one. ``check_host_keys=False`` turns host-key checking off; it is never the default.
     """
 
     host: str
@@ -87,8 +100,38 @@ class SSHSettings:
     base_path: str | None = None
     connect_timeout: float = 15.0
     keepalive_interval: float = 30.0
+    jump: SSHSettings | None = None
+    auth_provider: AuthProvider | None = field(default=None, compare=False, repr=False)
+    post_login_command: str | None = None
+    force_tty: bool = False
+    check_host_keys: bool = True
+    # settings with different provider objects must not share one connection, and providers
+    # (often dataclasses) need not be hashable: compare them by identity
+    auth_provider_id: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "auth_provider_id", None if self.auth_provider is None else id(self.auth_provider)
+        )
+        if self.auth_provider is not None and not callable(
+            getattr(self.auth_provider, "ensure", None)
+        ):
+            raise ConfigError(
+                f"the auth provider {type(self.auth_provider).__name__} has no ensure() method",
+                "pass an object whose ensure() makes the credentials valid before a connect",
+            )
+        if self.post_login_command is not None and (
+            not self.post_login_command.strip() or "\n" in self.post_login_command
+        ):
+            raise ConfigError(
+                "post_login_command must be one non-empty line",
+                "e.g. 'module load slurm' or 'vsc5 {cmd}'",
+            )
+        if self.jump is not None and self.jump.jump is not None:
+            raise ConfigError(
+                "a jump host with its own jump host is not supported",
+                "chain hops with ProxyJump in ~/.ssh/config instead",
+            )
         if not self.host or not self.host.strip():
             raise ConfigError(
                 "the edge node host is empty", f"set {ENV_HOST} to a host name or ssh alias"
