@@ -16,7 +16,7 @@ from rich.table import Table
 from pixi_deploy.channels import ChannelSettings
 from pixi_deploy.cli import EnvironmentOpt, JsonOpt, ManifestPath, PlatformOpt, stderr, stdout
 from pixi_deploy.errors import ConfigError
-from pixi_deploy.pack import DownloadCache, read_metadata, unpack, write_pack
+from pixi_deploy.pack import DownloadCache, pack_digest, read_metadata, unpack, write_pack
 from pixi_deploy.pack.inject import prepare_environment
 from pixi_deploy.render import RichReporter
 from pixi_deploy.store import DeploymentMetadata, LocalStore, Store, run_in_environment
@@ -148,11 +148,13 @@ def pack(
         "platform": resolved.platform,
         "lock_hash": resolved.lock_hash,
         "files": len(result.metadata.files),
+        "digest": result.digest,
     }
     _emit(
         json_,
         data,
-        f"{result.path} ({result.size / 1e6:.1f} MB, {len(result.metadata.files)} packages)",
+        f"{result.path} ({result.size / 1e6:.1f} MB, {len(result.metadata.files)} packages)"
+        f"\ndigest: {result.digest} (pin it: pixi-deploy unpack --expect-digest {result.digest})",
     )
 
 
@@ -169,12 +171,13 @@ def _pack_self_extracting(
         "environment": resolved.name,
         "platform": resolved.platform,
         "lock_hash": resolved.lock_hash,
+        "digest": result.digest,
     }
     _emit(
         json_,
         data,
         f"{result.path} ({result.size / 1e6:.1f} MB); install with: sh {result.path.name} "
-        "[--target DIR]",
+        f"[--target DIR]\ndigest: {result.digest} (check it: sha256sum {result.path.name})",
     )
 
 
@@ -183,16 +186,25 @@ def unpack_command(
     directory: Annotated[
         Path, typer.Argument(help="Where to install (must not exist, or be empty)")
     ],
+    expect_digest: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-digest",
+            help="Refuse the pack unless its digest (printed by `pack` and `pack-info`) is this",
+            show_default=False,
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Install a pack into DIRECTORY, offline, and write DIRECTORY/activate.sh."""
-    result = unpack(pack_file, directory, reporter=_reporter(json_))
+    result = unpack(pack_file, directory, reporter=_reporter(json_), expect_digest=expect_digest)
     data = {
         "prefix": str(result.prefix),
         "activate_script": str(result.activate_script),
         "environment": result.metadata.environment,
         "platform": result.metadata.platform,
         "lock_hash": result.metadata.lock_hash,
+        "digest": result.digest,
     }
     _emit(json_, data, f"unpacked into {result.prefix}; activate with: . {result.activate_script}")
 
@@ -201,9 +213,10 @@ def pack_info(
     pack_file: Annotated[Path, typer.Argument(help="A pack written by `pixi-deploy pack`")],
     json_: JsonOpt = False,
 ) -> None:
-    """Show what a pack holds (reads only its metadata)."""
+    """Show what a pack holds (reads only its metadata) and its digest."""
     metadata = read_metadata(pack_file)
     data = {
+        "digest": pack_digest(pack_file),
         "environment": metadata.environment,
         "platform": metadata.platform,
         "lock_hash": metadata.lock_hash,
