@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
+import tarfile
 from pathlib import Path
 from types import TracebackType
 
@@ -309,3 +311,43 @@ class ConfinedFolder:
     def readlink(self, name: str) -> str:
         where, base = self.locate(name, create=False)
         return os.readlink(base, dir_fd=where)
+
+
+def extract_tar(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract an untrusted tar (an sdist, an OCI archive) into the existing folder ``dest``.
+
+    ``tarfile`` only parses here: its own extraction filter could be bypassed before Python
+    3.11.13 / 3.12.11 / 3.13.4 (the 2025 filter CVEs), so every member is written through
+    `ConfinedFolder` by the same rules as a conda payload: regular files, folders, hard links
+    to an earlier file, symlinks that stay inside (made last); anything else is refused."""
+    symlinks: dict[str, str] = {}
+    files: set[str] = set()
+    with ConfinedFolder(dest) as tree:
+        for member in tar:
+            name = check_name(member.name)
+            below = is_beneath(name, frozenset(symlinks))
+            if below is not None:
+                raise UnsafeMember(f"{name} lies beneath the symlink {below}")
+            if member.isdir():
+                tree.make_folder(name, member.mode)
+            elif member.isfile():
+                source = tar.extractfile(member)
+                assert source is not None
+                fd = tree.create_file(name, member.mode & 0o777)
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+                files.add(name)
+            elif member.islnk():
+                target = check_name(member.linkname)
+                if target not in files:
+                    raise UnsafeMember(f"{name} is a hard link to {target!r}, not an earlier file")
+                tree.hardlink(name, target)
+                files.add(name)
+            elif member.issym():
+                symlinks[name] = member.linkname
+            else:
+                raise UnsafeMember(f"{name} is not a file, folder or link")
+        for name, target in symlinks.items():
+            if resolve_link(name, target, symlinks) is None:
+                raise UnsafeMember(f"the symlink {name} -> {target} points outside {dest.name}")
+            tree.symlink(name, target)
