@@ -106,10 +106,12 @@ def install_direct(
     deferred: list[DeferredPayload] = []
     every_symlink = frozenset(path for package in direct for path in package.symlinks)
     made: dict[str, str] = {}
+    owners: dict[str, str] = {}
     try:
         for package in direct:
             symlinks = _extract_prefix_specific(package, staging, every_symlink)
-            check_symlinks({**made, **symlinks}, str(final))  # before any of it is sent
+            owners.update(dict.fromkeys(symlinks, package.record.file_name))
+            check_symlinks({**made, **symlinks}, str(final), owners)  # before any of it is sent
             made.update(symlinks)
             if linker.link(package, symlinks):
                 deferred.append(_deferred(package))
@@ -140,7 +142,7 @@ def _install_written(
             shutil.rmtree(staging)
             staging.mkdir()
             return DirectResult(list(records), [])
-        check_symlinks(writers.symlinks, str(final))
+        check_symlinks(writers.symlinks, str(final), writers.symlink_owners)
         _make_symlinks(staging, writers.symlinks)
     finally:
         linker.close()

@@ -169,14 +169,14 @@ class DownloadCache:
         tmp = Path(tmp_name)
         try:
             digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out:
-                for chunk in _open_chunks(artifact, self.channels):
-                    digest.update(chunk)
-                    try:
+            try:
+                with os.fdopen(fd, "wb") as out:  # reading errors come as FetchError
+                    for chunk in _open_chunks(artifact, self.channels):
+                        digest.update(chunk)
                         out.write(chunk)
-                    except OSError as error:
-                        raise cache_error(error, self.root) from None
-                    advance(len(chunk))
+                        advance(len(chunk))
+            except OSError as error:  # writing (or closing: the last flush) the cache entry
+                raise cache_error(error, self.root) from None
             if digest.hexdigest() != artifact.sha256:
                 raise FetchError(
                     f"{artifact.filename} from {redact(artifact.url)} does not match the sha256 "

@@ -69,14 +69,20 @@ def checked_paths(raw: bytes, package: str) -> list[dict[str, Any]]:
     return paths
 
 
-def check_symlinks(symlinks: Mapping[str, str], final: str) -> None:
+def check_symlinks(
+    symlinks: Mapping[str, str], final: str, owners: Mapping[str, str] | None = None
+) -> None:
     """Every symlink of a prefix (name -> target) must end up inside it, following the others
     the way the kernel would: a link into ``/etc`` is refused, and so is ``d -> .`` with
-    ``e -> d/..``. ``final`` is where the prefix will live (absolute links into it are fine)."""
+    ``e -> d/..``. ``final`` is where the prefix will live. ``owners``: name -> package, for
+    the message."""
     table = dict(symlinks)
     for name, target in table.items():
         if resolve_link(name, target, table, final) is None:
-            raise UnsafeMember(f"the symlink {name} -> {target} points outside the environment")
+            shown = target if len(target) <= 80 else target[:40] + "..." + target[-37:]
+            error = UnsafeMember(f"the symlink {name} -> {shown} points outside the environment")
+            owner = (owners or {}).get(name)
+            raise refuse(owner, error) if owner else error
 
 
 def check_for_rattler(archive: Archive, package: str) -> dict[str, str]:

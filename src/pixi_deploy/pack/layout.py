@@ -191,12 +191,14 @@ def _guard(
 ) -> None:
     """Nothing reaches rattler that the direct path would refuse (`pack.guard`)."""
     symlinks = dict(direct_symlinks)
+    owners: dict[str, str] = {}
     for record in records:
         found = check_for_rattler(archives[record.file_name], record.file_name)
         if str(record.noarch) == "python" or getattr(record.noarch, "python", False) is True:
             found = {_noarch_python_name(k, python_version): v for k, v in found.items()}
         symlinks.update(found)
-    check_symlinks(symlinks, str(final))
+        owners.update(dict.fromkeys(found, record.file_name))
+    check_symlinks(symlinks, str(final), owners)
 
 
 def _noarch_python_name(name: str, python_version: str | None) -> str:
@@ -222,16 +224,18 @@ def _check_rattler_result(
             names += [e["_path"] for e in paths if isinstance(e, dict) and "_path" in e]
     harden_modes(str(staging), names)
     symlinks: dict[str, str] = {}
+    owners: dict[str, str] = {}
     with ConfinedFolder(staging) as tree:
         for record_file in meta.glob("*.json"):
-            paths = json.loads(record_file.read_text()).get("paths_data", {}).get("paths", [])
-            for entry in paths:
+            data = json.loads(record_file.read_text())
+            for entry in data.get("paths_data", {}).get("paths", []):
                 if isinstance(entry, dict) and entry.get("path_type") == "softlink":
                     try:
                         symlinks[entry["_path"]] = tree.readlink(entry["_path"])
                     except (OSError, UnsafeMember):
                         continue
-    check_symlinks(symlinks, str(final))
+                    owners[entry["_path"]] = str(data.get("fn", record_file.stem))
+    check_symlinks(symlinks, str(final), owners)
 
 
 async def _install(

@@ -9,6 +9,7 @@ but never a half environment at the target path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -75,19 +76,25 @@ def unpack(
     digest = read_pack_header(pack)[1]
     if expect_digest is not None:
         check_digest(digest, normalize_digest(expect_digest), pack)
-    _check_target(target)
-    with work_folder(target) as work:
-        metadata, lock_path, files = extract_verified(  # the same pack, all the way through
-            pack, work / "pkgs", reporter, in_place=True, expect_digest=digest
-        )
-        records = records_from_lock(lock_path, metadata)
-        reporter.step(
-            f"installing {len(records)} conda packages and "
-            f"{sum(1 for f in metadata.files if f.kind == 'pypi')} wheels for {target}"
-        )
-        staging = work / "prefix"
-        _lay_out(metadata, records, files, staging, target, work / "cache")
-        publish(staging, target)
+    made = _check_target(target)
+    try:
+        with work_folder(target) as work:
+            metadata, lock_path, files = extract_verified(  # the same pack, all the way through
+                pack, work / "pkgs", reporter, in_place=True, expect_digest=digest
+            )
+            records = records_from_lock(lock_path, metadata)
+            reporter.step(
+                f"installing {len(records)} conda packages and "
+                f"{sum(1 for f in metadata.files if f.kind == 'pypi')} wheels for {target}"
+            )
+            staging = work / "prefix"
+            _lay_out(metadata, records, files, staging, target, work / "cache")
+            publish(staging, target)
+    except BaseException:
+        for folder in made:  # the parents this unpack made: nothing of it stays behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     reporter.step(f"unpacked into {target}")
     return UnpackResult(target, metadata, target / "activate.sh", digest)
 
@@ -128,20 +135,24 @@ def _lay_out(
         raise store_error_from_os(error, target) from error
 
 
-def _check_target(target: Path) -> None:
+def _check_target(target: Path) -> list[Path]:
+    """Refuse a target that cannot be used; make its parent folders. Returns the folders it
+    made, deepest first (removed again if the unpack fails)."""
     check_environment_path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise StoreError(
             f"{target} already exists and is not empty", "pick a new folder or remove it"
         )
     parent = target.parent
-    if not parent.is_dir():
+    made = [p for p in (parent, *parent.parents) if not p.exists()]
+    if made:
         try:
             parent.mkdir(parents=True)
         except OSError as error:
             raise store_error_from_os(error, parent) from error
     if not os.access(parent, os.W_OK | os.X_OK):
         raise StoreError(f"{parent} is not writable", "pick a folder you can write to")
+    return made
 
 
 @contextmanager

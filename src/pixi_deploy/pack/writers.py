@@ -98,6 +98,7 @@ class PackageWriters:
         self.packages: list[DirectPackage] = []  # every package read (written or not)
         self.unreadable: list[rattler.RepoDataRecord] = []  # for rattler
         self.symlinks: dict[str, str] = {}  # of every package linked: name -> target, not made
+        self.symlink_owners: dict[str, str] = {}  # name -> the package's file name
         self._todo: deque[tuple[rattler.RepoDataRecord, Archive]] = deque()
         self._workers: list[_Worker] = []
         try:
@@ -165,6 +166,7 @@ class PackageWriters:
             raise value
         if self.link(package, value):
             self.symlinks.update(value)
+            self.symlink_owners.update(dict.fromkeys(value, package.record.file_name))
 
     def _close(self, *, kill: bool) -> None:
         for worker in self._workers:
