@@ -53,7 +53,6 @@ from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
 from pixi_deploy.pack.layout import lay_out_prefix
 from pixi_deploy.pack.unpack import extract_verified, records_from_lock
 from pixi_deploy.progress import NullReporter, Reporter
-from pixi_deploy.scratch import scratch_folder
 from pixi_deploy.workspace import ResolvedEnvironment
 
 OUTPUTS = ("oci-dir", "oci-archive", "docker-archive")
@@ -221,7 +220,7 @@ def _validate(options: ImageOptions) -> Reference:
 
 
 def _work(cache: DownloadCache) -> AbstractContextManager[Path]:
-    return scratch_folder(cache.root / "oci" / "tmp", "build-")
+    return cache.scratch("oci/tmp", "build-")
 
 
 def _checked(files: dict[str, Path], source: LayerSource) -> dict[str, ArchiveSlice]:

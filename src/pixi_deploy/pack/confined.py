@@ -63,13 +63,16 @@ def check_name(name: str) -> str:
     parts = stripped.split("/")
     if ".." in parts or "" in parts or "." in parts:
         raise UnsafeMember(f"the name {name!r} is not a plain relative path")
-    if len(stripped) > NAME_MAX and any(
-        len(part.encode("utf-8", "surrogateescape")) > NAME_MAX for part in parts
-    ):
-        raise UnsafeMember(
-            f"the name {name[:80]!r}... has a component over {NAME_MAX} bytes, "
-            "which no Linux file system stores"
-        )
+    if len(stripped) > NAME_MAX // 4:  # a character is at most 4 bytes: only then look closer
+        for part in parts:
+            if (
+                len(part) > NAME_MAX // 4
+                and len(part.encode("utf-8", "surrogateescape")) > NAME_MAX
+            ):
+                raise UnsafeMember(
+                    f"the name {name[:80]!r}... has a component over {NAME_MAX} bytes, "
+                    "which no Linux file system stores"
+                )
     return stripped
 
 

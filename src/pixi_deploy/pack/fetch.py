@@ -23,14 +23,16 @@ import stat
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pixi_deploy.channels import ChannelSettings, redact
 from pixi_deploy.errors import FetchError, StoreError
 from pixi_deploy.progress import Advance, NullReporter, Reporter
+from pixi_deploy.scratch import scratch_folder
 from pixi_deploy.workspace import PypiPackage, ResolvedEnvironment
 
 CHUNK = 1 << 20
@@ -115,6 +117,17 @@ class DownloadCache:
     @channels.setter
     def channels(self, settings: ChannelSettings) -> None:
         self._channels = settings
+
+    @contextmanager
+    def scratch(self, subdir: str, prefix: str, **options: bool) -> Iterator[Path]:
+        """A scratch folder (`pixi_deploy.scratch`) under ``subdir`` of the cache; a cache that
+        is read-only or full says so in one line."""
+        with ExitStack() as stack:
+            try:
+                folder = stack.enter_context(scratch_folder(self.root / subdir, prefix, **options))
+            except OSError as error:
+                raise cache_error(error, self.root) from None
+            yield folder
 
     def path_for(self, artifact: Artifact) -> Path:
         return self.root / "pkgs" / artifact.sha256 / artifact.filename
@@ -211,15 +224,8 @@ def _open_chunks(artifact: Artifact, channels: ChannelSettings) -> Iterable[byte
 
 
 def _file_chunks(artifact: Artifact, path: Path) -> Iterable[bytes]:
-    try:
-        with path.open("rb") as source:
-            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
-                raise FetchError(
-                    f"{artifact.filename}: {path} is not a regular file (a device or a pipe?)",
-                    "point pixi.lock at the package archive itself",
-                )
-            while chunk := source.read(CHUNK):
-                yield chunk
+    try:  # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
         raise FetchError(
             f"{artifact.filename}: not in the download cache and {path} is not readable "
@@ -227,6 +233,19 @@ def _file_chunks(artifact: Artifact, path: Path) -> Iterable[bytes]:
             "check the channel path in pixi.lock, or fill the cache with `pixi-deploy pack` "
             "on a machine that can reach it",
         ) from error
+    with os.fdopen(fd, "rb") as source:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FetchError(
+                f"{artifact.filename}: {path} is not a regular file (a device or a pipe?)",
+                "point pixi.lock at the package archive itself",
+            )
+        try:
+            while chunk := source.read(CHUNK):
+                yield chunk
+        except OSError as error:
+            raise FetchError(
+                f"{artifact.filename}: reading {path} failed ({error.strerror})"
+            ) from error
 
 
 def _response_chunks(response: object) -> Iterable[bytes]:

@@ -20,7 +20,7 @@ from pixi_deploy.pack.direct import DeferredPayload
 from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import check_environment_path, lay_out_environment
 from pixi_deploy.progress import NullReporter, Reporter
-from pixi_deploy.scratch import prune_abandoned, scratch_folder
+from pixi_deploy.scratch import prune_abandoned
 from pixi_deploy.store import remote_scripts as sh
 from pixi_deploy.store.bundle import stream_bundle
 from pixi_deploy.store.groups import Plan, plan
@@ -205,9 +205,7 @@ class RemoteStore:
         """Under the cluster's lock; a dropped connection re-takes it and resumes the transfer."""
         key = resolved.short_hash
         final = self.layout.env(key)
-        with scratch_folder(
-            cache.root / "staging", STAGING_PREFIX, remove_in_background=True
-        ) as tmp:
+        with cache.scratch("staging", STAGING_PREFIX, remove_in_background=True) as tmp:
             prepared: _Prepared | None = None
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 lock = self.transport.iter_lines(["sh", "-c", sh.LOCK, "sh", self.base, key])
