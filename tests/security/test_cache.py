@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from helpers.workspaces import CliResult
+from pixi_deploy.errors import PackError
 from pixi_deploy.pack import DownloadCache, write_pack
+from pixi_deploy.pack.layout import lay_out_environment
+from pixi_deploy.progress import NullReporter
 from pixi_deploy.workspace import load_workspace
 from security.conftest import HostileWorkspaces
 
@@ -162,3 +165,57 @@ def test_a_full_cache_is_named_not_the_store(
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: no space left on the device holding the download cache")
     assert str(tmp_path / "base") not in lines[-1]
+
+
+def test_a_verdict_not_of_the_owner_or_of_other_bytes_is_ignored(
+    hostile: HostileWorkspaces, tmp_path: Path
+) -> None:
+    """Deploys to a cluster remember, beside a cached archive, that its payload passed
+    (pack/verdicts.py); one that another user could have planted, or one for other bytes,
+    counts for nothing: the payload is checked in full, and a hostile one refused."""
+    resolved = load_workspace(hostile.workspace("fifo")).resolve("default", PLATFORM)
+    cache = DownloadCache(tmp_path / "cache")
+    cached = cache.fetch_all(
+        __import__("pixi_deploy.pack.fetch", fromlist=["x"]).artifacts_of(resolved)
+    )
+    evil = next(p for p in cached.values() if p.name.startswith("evil"))
+    sha = evil.parent.name
+    forged = evil.with_name(evil.name + ".checked.json")
+    for owner, digest in ((4242, sha), (0, "0" * 64)):
+        forged.write_text(
+            f'{{"rules": 1, "sha256": "{digest}", "declared": [], "folders": ["lib"]}}'
+        )
+        os.chown(forged, owner, owner)
+        with pytest.raises(PackError, match="FIFO"):
+            lay_out_environment(
+                resolved,
+                cache,
+                staging=tmp_path / f"s{owner}",
+                final=Path("/remote/env"),
+                reporter=NullReporter(),
+                defer_payloads=True,
+            )
+
+
+def test_a_payload_that_passed_is_remembered_for_its_bytes_only(
+    demo_ws: Path, tmp_path: Path
+) -> None:
+    resolved = load_workspace(demo_ws).resolve("default", PLATFORM)
+    cache = DownloadCache(tmp_path / "cache")
+    for run in ("first", "second"):
+        lay_out_environment(
+            resolved,
+            cache,
+            staging=tmp_path / run,
+            final=Path("/remote/env"),
+            reporter=NullReporter(),
+            defer_payloads=True,
+        )
+    verdicts = sorted(p.name for p in (tmp_path / "cache").rglob("*.checked.json"))
+    assert verdicts == [
+        "greet-1.0.0-h0_0.conda.checked.json",
+        "greet-config-0.1.0-h0_0.conda.checked.json",
+    ]
+    assert sorted(p.name for p in (tmp_path / "first").rglob("*")) == sorted(
+        p.name for p in (tmp_path / "second").rglob("*")
+    )  # the same staged prefix, whether checked in full or by the verdict

@@ -32,8 +32,9 @@ from typing import IO, BinaryIO
 import rattler
 import zstandard
 
+from pixi_deploy.pack import verdicts
 from pixi_deploy.pack.archives import Archive, ArchiveSlice, archive_size, mapped, open_archive
-from pixi_deploy.pack.confined import ConfinedFolder, UnsafeMember
+from pixi_deploy.pack.confined import ConfinedFolder, UnsafeMember, is_beneath
 from pixi_deploy.pack.guard import MAX_INFO_FILE, check_symlinks, checked_paths, refuse
 from pixi_deploy.pack.linking import DirectPackage, Linker
 from pixi_deploy.pack.untar import (
@@ -231,15 +232,25 @@ def _stored_at(source: BinaryIO, info: zipfile.ZipInfo) -> tuple[int, int] | Non
 def _extract_prefix_specific(
     package: DirectPackage, staging: Path, every_symlink: frozenset[str]
 ) -> dict[str, str]:
-    """Verify the archive, check every member of its payload, and write only what differs per
-    prefix (the rest is shipped as it is); returns the payload's symlinks, not made yet."""
+    """Verify the archive, check every member of its payload (or find that a verdict already
+    says it passed, `pack.verdicts`), and write only what differs per prefix (the rest is
+    shipped as it is); returns the payload's symlinks, not made yet."""
     assert package.payload_at is not None
     offset, size = package.payload_at
-    with mapped(package.archive) as data:
-        if isinstance(package.archive, ArchiveSlice):
-            package.archive.check(data)
-        try:
-            return extract_payload(
+    verdict = verdicts.load(package.archive)
+    known = verdict is not None and set(verdict.declared) == set(package.symlinks)
+    folders: set[str] = set()
+    try:
+        if known:
+            assert verdict is not None
+            for folder in verdict.folders:  # what depends on the rest of the environment
+                above = folder if folder in every_symlink else is_beneath(folder, every_symlink)
+                if above is not None:
+                    raise UnsafeMember(f"{folder} lies beneath the symlink {above}")
+        with mapped(package.archive) as data:
+            if isinstance(package.archive, ArchiveSlice):
+                package.archive.check(data)
+            symlinks = extract_payload(
                 data[offset : offset + size],
                 str(staging),
                 declared_symlinks=package.symlinks,
@@ -247,13 +258,18 @@ def _extract_prefix_specific(
                 buffer=bytearray(WINDOW),
                 wanted=_prefix_specific(package),
                 reserved=RESERVED_NAMES,
+                stop_early=known,
+                folders_out=folders,
             )
-        except (UnsafeMember, UnusualMember) as error:
-            raise refuse(package.record.file_name, error) from None
-        except zstandard.ZstdError as error:
-            raise refuse(
-                package.record.file_name, UnusualMember(f"cannot be decompressed ({error})")
-            ) from None
+    except (UnsafeMember, UnusualMember) as error:
+        raise refuse(package.record.file_name, error) from None
+    except zstandard.ZstdError as error:
+        raise refuse(
+            package.record.file_name, UnusualMember(f"cannot be decompressed ({error})")
+        ) from None
+    if not known:
+        verdicts.save(package.archive, verdicts.Verdict(tuple(package.symlinks), tuple(folders)))
+    return symlinks
 
 
 def _read_package(record: rattler.RepoDataRecord, archive: Archive) -> DirectPackage | None:

@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import shutil
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -119,8 +120,9 @@ def lay_out_prefix(
 
     ``archives`` maps each record's file name to a local archive (an `ArchiveSlice` is checked
     against its sha256 where it is used); nothing is downloaded.
-    ``direct`` writes what it can straight into the prefix (`pack.direct`): right when nothing
-    keeps ``cache_dir`` afterwards; with a warm, kept cache rattler's hard links are cheaper.
+    ``direct`` writes what it can straight into the prefix (`pack.direct`); every caller does,
+    since ``cache_dir`` (rattler's, for what it installs) is never kept: a kept one would share
+    inodes between a cache and a deployment, and rattler does not re-check what it finds there.
     ``defer_payloads`` leaves out the bulk of what it can and says where it is (the remote
     store ships those payloads as they are, and the cluster extracts them); ``on_deferred`` is
     told of each such payload as soon as it is known.
@@ -312,6 +314,10 @@ def _install_wheels(
                 f"wheel {wheel.name} overwrites {error.filename} from a conda package",
                 "the lock mixes a conda and a PyPI copy of one package; re-lock with pixi",
             ) from error
+        except (ValueError, zipfile.BadZipFile) as error:  # installer refuses paths outside
+            raise UnsafeMember(
+                f"wheel {wheel.name}: {' '.join(str(error).split())[:200]}"
+            ) from None
 
 
 def _scrub_link_sources(
