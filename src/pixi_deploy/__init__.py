@@ -21,6 +21,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 API = (
     "inspect",
     "pack_info",
+    "pack_digest",
     "deploy",
     "run",
     "submit",

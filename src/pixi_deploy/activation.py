@@ -249,7 +249,8 @@ def activate_script_text(
     q = shlex.quote
     lines = [
         "# Activate this environment: `. activate.sh` (bash, zsh, dash: any POSIX shell).",
-        f"# Written by pixi-deploy for environment {q(environment)} ({platform}).",
+        f"# Written by pixi-deploy for environment {_one_line(q(environment))} "
+        f"({_one_line(platform)}).",
         f'export PATH={q(str(final / "bin"))}"${{PATH:+:${{PATH}}}}"',
         "export CONDA_SHLVL=1",
         f"export CONDA_PREFIX={q(str(final))}",
@@ -330,3 +331,8 @@ def package_env_vars(prefix: Path) -> dict[str, str]:
         data = json.loads(state.read_text()).get("env_vars", {})
         found.update({str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {})
     return {k: v for k, v in found.items() if k.isidentifier()}
+
+
+def _one_line(text: str) -> str:
+    """Text safe inside a ``#`` comment: a newline would end the comment and run the rest."""
+    return "".join(c if c.isprintable() else "?" for c in text)

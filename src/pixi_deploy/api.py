@@ -26,8 +26,11 @@ from typing import TYPE_CHECKING, Any
 from pixi_deploy.channels import ChannelSettings
 from pixi_deploy.errors import ConfigError, WorkspaceError
 from pixi_deploy.pack import DownloadCache, PackMetadata, UnpackResult, read_metadata
+from pixi_deploy.pack import pack_digest as digest_of_pack
 from pixi_deploy.pack import unpack as unpack_pack
+from pixi_deploy.pack.format import normalize_digest
 from pixi_deploy.pack.inject import prepare_environment
+from pixi_deploy.pack.verify import check_digest
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.store import DeploymentMetadata, LocalStore, Store, run_in_environment
 from pixi_deploy.target import TargetFacts, check_target
@@ -165,6 +168,8 @@ class PackOutcome:
     resolved: ResolvedEnvironment = field(repr=False)
     files: int | None = None  # archives in a pack (None for a self-extracting installer)
     self_extracting: bool = False
+    #: sha256:<hex> of a pack's metadata (`unpack --expect-digest`), or of the whole installer
+    digest: str = ""
 
 
 def pack(
@@ -193,7 +198,7 @@ def pack(
         installer = write_self_extracting(
             resolved, out, cache=preparation.cache, reporter=preparation.reporter
         )
-        return PackOutcome(installer.path, installer.size, resolved, None, True)
+        return PackOutcome(installer.path, installer.size, resolved, None, True, installer.digest)
     from pixi_deploy.pack import write_pack
 
     written = write_pack(
@@ -203,28 +208,43 @@ def pack(
         cache=preparation.cache,
         reporter=preparation.reporter,
     )
-    return PackOutcome(written.path, written.size, resolved, len(written.metadata.files))
+    return PackOutcome(
+        written.path, written.size, resolved, len(written.metadata.files), False, written.digest
+    )
 
 
 def unpack(
-    pack_file: PathLike, directory: PathLike, *, reporter: Reporter | None = None
+    pack_file: PathLike,
+    directory: PathLike,
+    *,
+    expect_digest: str | None = None,
+    reporter: Reporter | None = None,
 ) -> UnpackResult:
-    """Install a pack into ``directory`` (new or empty), offline, with its ``activate.sh``;
-    refused first on a machine that cannot run the environment (glibc, CUDA driver)."""
+    """Install a pack into ``directory`` (new or empty), offline, with its ``activate.sh``.
+    Refused first: a pack whose digest is not ``expect_digest``, then a machine that cannot
+    run the environment (glibc, CUDA driver)."""
     pack = Path(pack_file)
     if pack.is_file():  # else unpack says that it does not exist
+        if expect_digest is not None:
+            check_digest(pack_digest(pack), normalize_digest(expect_digest), pack)
         metadata = read_metadata(pack)
         check_target(
             metadata.virtual_packages,
             TargetFacts.here(),
             f"environment '{metadata.environment}' ({metadata.platform})",
         )
-    return unpack_pack(pack, Path(directory), reporter=reporter)
+    return unpack_pack(pack, Path(directory), reporter=reporter, expect_digest=expect_digest)
 
 
 def pack_info(pack_file: PathLike) -> PackMetadata:
     """What a pack holds, from its metadata alone."""
     return read_metadata(Path(pack_file))
+
+
+def pack_digest(pack_file: PathLike) -> str:
+    """The digest that pins a pack (``sha256:<hex>`` of its metadata): what ``pack`` and
+    ``pack-info`` print and ``unpack --expect-digest`` compares."""
+    return digest_of_pack(Path(pack_file))
 
 
 # ----------------------------------------------------------------------------------------------

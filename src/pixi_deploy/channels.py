@@ -12,8 +12,10 @@ file are host names, optionally with a port or a path prefix, or ``*.domain`` wi
 ``{"BasicHTTP": {"username", "password"}}``, ``{"BearerToken": "..."}`` or
 ``{"CondaToken": "..."}``.
 
-Secrets never leave this module in text form: every URL in a message goes through
-:func:`redact`, which drops user info and ``/t/<token>/`` segments.
+Secrets never leave this module in text form: every URL the project writes or prints (messages,
+pack metadata, the embedded lock, ``conda-meta``, ``inspect``) goes through :func:`redact`,
+which drops user info, ``/t/<token>/`` segments and query strings; the URL with its
+credentials lives only in memory, for the download.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pixi_deploy.errors import FetchError
 
 USER_AGENT = "pixi-deploy"
 _TOKEN_SEGMENT = re.compile(r"/t/[^/]+(?=/|$)")
+_HASH_FRAGMENT = re.compile(r"(sha256|md5)=[0-9a-fA-F]+")
 _RETRY_ON_MIRROR = {404, 408, 429, 500, 502, 503, 504}
 
 
@@ -65,7 +68,9 @@ class Credentials:
 
 
 def redact(url: str) -> str:
-    """A URL fit for messages and metadata: user info and conda tokens removed."""
+    """A URL fit for messages, metadata and files: user info, conda tokens (``/t/<token>/``)
+    and the query string (``?token=...``, pre-signed ``X-Amz-Signature=...``) removed; a
+    ``#sha256=`` fragment is kept, any other fragment dropped."""
     try:
         parsed = urllib.parse.urlsplit(url)
     except ValueError:
@@ -74,7 +79,10 @@ def redact(url: str) -> str:
     if "@" in netloc:
         netloc = netloc.rsplit("@", 1)[1]
     path = _TOKEN_SEGMENT.sub("/t/***", parsed.path)
-    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc, path=path))
+    fragment = parsed.fragment if _HASH_FRAGMENT.fullmatch(parsed.fragment) else ""
+    return urllib.parse.urlunsplit(
+        parsed._replace(netloc=netloc, path=path, query="", fragment=fragment)
+    )
 
 
 def pixi_config_files(workspace_root: Path | None = None) -> list[Path]:

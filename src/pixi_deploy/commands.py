@@ -131,16 +131,20 @@ def pack(
         "environment": resolved.name,
         "platform": resolved.platform,
         "lock_hash": resolved.lock_hash,
+        "digest": result.digest,
     }
     if result.self_extracting:
         data["self_extracting"] = True
         human = (
             f"{result.path} ({result.size / 1e6:.1f} MB); install with: sh {result.path.name} "
-            "[--target DIR]"
+            f"[--target DIR]\ndigest: {result.digest} (check it: sha256sum {result.path.name})"
         )
     else:
         data["files"] = result.files
-        human = f"{result.path} ({result.size / 1e6:.1f} MB, {result.files} packages)"
+        human = (
+            f"{result.path} ({result.size / 1e6:.1f} MB, {result.files} packages)\ndigest: "
+            f"{result.digest} (pin it: pixi-deploy unpack --expect-digest {result.digest})"
+        )
     _emit(json_, data, human)
 
 
@@ -149,16 +153,27 @@ def unpack_command(
     directory: Annotated[
         Path, typer.Argument(help="Where to install (must not exist, or be empty)")
     ],
+    expect_digest: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-digest",
+            help="Refuse the pack unless its digest (printed by `pack` and `pack-info`) is this",
+            show_default=False,
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Install a pack into DIRECTORY, offline, and write DIRECTORY/activate.sh."""
-    result = api.unpack(pack_file, directory, reporter=_reporter(json_))
+    result = api.unpack(
+        pack_file, directory, expect_digest=expect_digest, reporter=_reporter(json_)
+    )
     data = {
         "prefix": str(result.prefix),
         "activate_script": str(result.activate_script),
         "environment": result.metadata.environment,
         "platform": result.metadata.platform,
         "lock_hash": result.metadata.lock_hash,
+        "digest": result.digest,
     }
     _emit(json_, data, f"unpacked into {result.prefix}; activate with: . {result.activate_script}")
 
@@ -167,9 +182,10 @@ def pack_info(
     pack_file: Annotated[Path, typer.Argument(help="A pack written by `pixi-deploy pack`")],
     json_: JsonOpt = False,
 ) -> None:
-    """Show what a pack holds (reads only its metadata)."""
+    """Show what a pack holds (reads only its metadata) and its digest."""
     metadata = api.pack_info(pack_file)
     data = {
+        "digest": api.pack_digest(pack_file),
         "environment": metadata.environment,
         "platform": metadata.platform,
         "lock_hash": metadata.lock_hash,

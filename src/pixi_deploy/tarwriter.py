@@ -90,6 +90,19 @@ class TarWriter:
             self._write(b"\0" * pad)
 
 
+def member_length(name: str, size: int) -> int:
+    """Bytes `TarWriter.add_bytes` / `add_file` write for a regular member: its header (a pax
+    header first for long names), its data and the padding after it."""
+    return len(_header(name, tarfile.REGTYPE, size, 0o644)) + size + (-size % BLOCK)
+
+
+def archive_length(members_length: int) -> int:
+    """Bytes of a whole archive whose members take ``members_length``: `TarWriter.close`
+    adds the end-of-archive blocks and pads to a whole record."""
+    end = BLOCK * 2
+    return members_length + end + (-(members_length + end) % RECORD)
+
+
 #: A ustar header block: name mode uid gid size mtime chksum typeflag linkname magic version
 #: uname gname devmajor devminor prefix, then padding to 512 bytes (read by `pack.untar` too).
 USTAR_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -20,6 +21,7 @@ import rattler
 import tomli
 
 from pixi_deploy.activation import ManifestActivation, read_manifest_activation
+from pixi_deploy.channels import redact
 from pixi_deploy.errors import WorkspaceError
 
 MANIFEST_NAMES = ("pixi.toml", "pyproject.toml")
@@ -29,6 +31,35 @@ DEFAULT_ENVIRONMENT = "default"
 #: ``.invalid`` domain never resolves, so nothing is ever fetched from it).
 INJECTED = "https://pixi-deploy.invalid/injected"
 HASH_PATH_LENGTH = 16  # hex characters of the lock hash used in deployment paths
+#: pixi's own rule for environment names (pixi_manifest's EnvironmentName).
+_ENVIRONMENT_NAME = re.compile(r"[a-z0-9-]+")
+_PLATFORM = re.compile(r"noarch|[a-z0-9]+-[a-z0-9]+")
+_FILE_NAME_PART = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def check_environment_name(name: object, where: str = "the environment name") -> str:
+    """pixi's rule: lowercase letters, digits and dashes. Environment names end up in file
+    names, activation scripts and image labels, so nothing else gets in."""
+    if not isinstance(name, str) or not _ENVIRONMENT_NAME.fullmatch(name):
+        raise WorkspaceError(
+            f"{where} {name!r} is not a valid pixi environment name",
+            "use only lowercase letters, digits and dashes, as pixi does",
+        )
+    return name
+
+
+def check_platform(platform: object, where: str = "the platform") -> str:
+    if not isinstance(platform, str) or len(platform) > 32 or not _PLATFORM.fullmatch(platform):
+        raise WorkspaceError(
+            f"{where} {platform!r} is not a conda platform", "e.g. linux-64 or linux-aarch64"
+        )
+    return platform
+
+
+def file_name_part(text: str) -> str:
+    """``text`` fit for one component of a file name: only ``A-Za-z0-9._+-`` (others become
+    ``_``) and no leading dot, so a default output name never leaves the current folder."""
+    return _FILE_NAME_PART.sub("_", text).lstrip(".") or "_"
 
 
 @dataclass(frozen=True)
@@ -248,8 +279,20 @@ class Workspace:
 
     @property
     def name(self) -> str:
-        name = self._workspace_table.get("name") or self._raw.get("project", {}).get("name")
-        return str(name) if name else self.root.name
+        """pixi takes any string; a control character (a newline) is refused here, and file
+        names made from it go through `file_name_part`."""
+        project = self._raw.get("project")
+        name = self._workspace_table.get("name") or (
+            project.get("name") if isinstance(project, dict) else None
+        )
+        if name is None or name == "":
+            return self.root.name
+        if not isinstance(name, str) or not name.isprintable():
+            raise WorkspaceError(
+                f"the workspace name {name!r} in {self.manifest_path} is not a printable string",
+                "give [workspace] a plain name",
+            )
+        return name
 
     @property
     def pixi_table(self) -> dict[str, Any]:
@@ -258,9 +301,23 @@ class Workspace:
 
     @property
     def config(self) -> dict[str, Any]:
-        """Defaults from ``[tool.pixi-deploy]`` (in pixi.toml or pyproject.toml)."""
-        table = self._raw.get("tool", {}).get("pixi-deploy", {})
-        return dict(table) if isinstance(table, dict) else {}
+        """Defaults from ``[tool.pixi-deploy]`` (in pixi.toml or pyproject.toml), type-checked:
+        ``environment``, ``platform`` and ``base`` are strings."""
+        tool = self._raw.get("tool", {})
+        table = tool.get("pixi-deploy", {}) if isinstance(tool, dict) else {}
+        if not isinstance(table, dict):
+            raise WorkspaceError(
+                f"[tool.pixi-deploy] in {self.manifest_path} is not a table",
+                "write it as a TOML table: [tool.pixi-deploy]",
+            )
+        for key in ("environment", "platform", "base"):
+            if key in table and not isinstance(table[key], str):
+                raise WorkspaceError(
+                    f"[tool.pixi-deploy] {key} = {table[key]!r} in {self.manifest_path} is not "
+                    "a string",
+                    f'write it in quotes, e.g. {key} = "..."',
+                )
+        return dict(table)
 
     def declared_environments(self) -> dict[str, list[str]]:
         """Environment name -> platforms the manifest declares for it (features may narrow them)."""
@@ -282,7 +339,7 @@ class Workspace:
                     allowed = set(feature["platforms"])
                     env_platforms = [p for p in env_platforms if p in allowed]
             del no_default  # the default feature never narrows platforms further
-            declared[str(env_name)] = env_platforms
+            declared[check_environment_name(env_name, "[environments]")] = env_platforms
         return declared
 
     def editable_pypi_dependencies(self) -> set[str]:
@@ -361,7 +418,9 @@ class Workspace:
     def resolve(
         self, environment: str | None = None, platform: str | None = None
     ) -> ResolvedEnvironment:
-        env_name = environment or self.config.get("environment") or DEFAULT_ENVIRONMENT
+        env_name = check_environment_name(
+            environment or self.config.get("environment") or DEFAULT_ENVIRONMENT
+        )
         lock_env = self.lock.environment(env_name)
         if lock_env is None:
             known = ", ".join(self.environment_names()) or "none"
@@ -369,7 +428,7 @@ class Workspace:
                 f"unknown environment '{env_name}' (known: {known})",
                 "pick one with -e/--environment, or run `pixi lock` if it is new",
             )
-        target = platform or str(self.config.get("platform") or "") or current_platform()
+        target = check_platform(platform or self.config.get("platform") or current_platform())
         lock_platform = next((p for p in lock_env.platforms() if str(p) == target), None)
         locked = sorted(str(p) for p in lock_env.platforms())
         if lock_platform is None and locked:
@@ -431,7 +490,7 @@ class Workspace:
         for env_name, platforms in self.locked_environments().items():
             lock_env = self.lock.environment(env_name)
             entry: dict[str, Any] = {
-                "channels": [str(c) for c in lock_env.channels()] if lock_env else [],
+                "channels": [redact(str(c)) for c in lock_env.channels()] if lock_env else [],
                 "platforms": {},
             }
             for platform in platforms:
@@ -596,6 +655,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomli.loads(path.read_text(encoding="utf-8"))
     except tomli.TOMLDecodeError as error:
         raise WorkspaceError(f"cannot parse {path}: {error}", "fix the TOML syntax") from error
+    except UnicodeDecodeError as error:
+        raise WorkspaceError(
+            f"{path} is not UTF-8 text (byte {error.start} is invalid)",
+            "save the manifest as UTF-8",
+        ) from None
     except OSError as error:
         raise WorkspaceError(f"cannot read {path}: {error.strerror}") from error
 

@@ -27,13 +27,9 @@ from helpers.processes import alive, children, gone_within
 from pixi_deploy.errors import PackError
 from pixi_deploy.pack import writers
 from pixi_deploy.pack.archives import ArchiveSlice
-from pixi_deploy.pack.direct import (
-    DeferredPayload,
-    DirectResult,
-    install_direct,
-    replace_cstrings,
-)
+from pixi_deploy.pack.direct import DeferredPayload, DirectResult, install_direct
 from pixi_deploy.pack.layout import lay_out_prefix
+from pixi_deploy.pack.linking import replace_cstrings
 from pixi_deploy.pack.untar import UnusualMember
 from pixi_deploy.testing.channel import PackageSpec, build_channel, lock_workspace
 from pixi_deploy.workspace import ResolvedEnvironment, load_workspace
@@ -164,16 +160,18 @@ def test_archives_read_in_place_from_a_pack_slice(
     assert _tree(tmp_path / "sliced") == _tree(tmp_path / "by-rattler")
 
 
-def test_tarfile_extraction_for_unusual_payloads(
+def test_a_payload_the_reader_cannot_read_stops_the_install(
     resolved: ResolvedEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No tarfile fallback any more (its filter is bypassable on Python < 3.11.13): a payload
+    our reader cannot parse is a broken package, named in a one-line error."""
+
     def unusual(*args: object, **kwargs: object) -> None:
         raise UnusualMember("as if every member were unusual")
 
     monkeypatch.setattr(writers, "extract_payload", unusual)
-    _lay_out(resolved, tmp_path / "by-rattler", Path("/opt/env"))
-    _lay_out(resolved, tmp_path / "python", Path("/opt/env"), direct=True)
-    assert _tree(tmp_path / "python") == _tree(tmp_path / "by-rattler")
+    with pytest.raises(UnusualMember, match=r"^package \S+\.conda: as if every member"):
+        _lay_out(resolved, tmp_path / "p", Path("/opt/env"), direct=True)
 
 
 def test_binary_placeholder_is_padded_in_place() -> None:

@@ -77,10 +77,12 @@ def test_pack_metadata_and_checksums(linux64_pack: Path, demo_ws: Path) -> None:
     metadata = read_metadata(linux64_pack)
     assert metadata.environment == "default" and metadata.platform == "linux-64"
     assert metadata.lock_hash == resolved.lock_hash
-    assert metadata.format_version == 1 and metadata.tool_version
+    assert metadata.format_version == 2 and metadata.tool_version
     with tarfile.open(linux64_pack) as tar:
         names = tar.getnames()
         assert names[0] == METADATA_NAME
+        lock = tar.extractfile(names[1]).read()  # type: ignore[union-attr]
+        assert hashlib.sha256(lock).hexdigest() == metadata.lock_sha256
         for entry in metadata.files:
             data = tar.extractfile(entry.path).read()  # type: ignore[union-attr]
             assert hashlib.sha256(data).hexdigest() == entry.sha256
@@ -127,9 +129,14 @@ def test_cli_pack_unpack_json(
     assert result.exit_code == 0, result.stderr
     packed = json.loads(result.stdout)
     assert packed["pack"] == str(out) and packed["files"] == 5
-    result = cli("unpack", out, tmp_path / "env", "--json")
+    assert packed["digest"].startswith("sha256:") and len(packed["digest"]) == 71
+    info = cli("pack-info", out, "--json")
+    assert json.loads(info.stdout)["digest"] == packed["digest"]
+    result = cli("unpack", out, tmp_path / "env", "--json", "--expect-digest", packed["digest"])
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["activate_script"] == str(tmp_path / "env" / "activate.sh")
+    unpacked = json.loads(result.stdout)
+    assert unpacked["activate_script"] == str(tmp_path / "env" / "activate.sh")
+    assert unpacked["digest"] == packed["digest"]
     assert _run_in(tmp_path / "env", "greet-extra").returncode == 0
 
 

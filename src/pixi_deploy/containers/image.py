@@ -49,12 +49,11 @@ from pixi_deploy.containers.oci_output import (
 from pixi_deploy.containers.reference import Reference, find_credentials, parse_reference
 from pixi_deploy.containers.registry import PushResult, push_image
 from pixi_deploy.errors import ContainerError
-from pixi_deploy.pack.archives import ArchiveSlice
+from pixi_deploy.pack.archives import Archive, ArchiveSlice
 from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
 from pixi_deploy.pack.layout import lay_out_prefix
 from pixi_deploy.pack.unpack import extract_verified, records_from_lock
 from pixi_deploy.progress import NullReporter, Reporter
-from pixi_deploy.scratch import scratch_folder
 from pixi_deploy.workspace import ResolvedEnvironment
 
 OUTPUTS = ("oci-dir", "oci-archive", "docker-archive")
@@ -159,6 +158,7 @@ def build_image(
         sha256={a.filename: a.sha256 for a in artifacts},
         wheels=[p for a, p in cached.items() if a.kind == "pypi"],
         activation=resolved.activation,
+        verify=True,  # the cache may have changed since the files were fetched
     )
     return _build(source, options, cache, reporter)
 
@@ -223,7 +223,13 @@ def _validate(options: ImageOptions) -> Reference:
 
 
 def _work(cache: DownloadCache) -> AbstractContextManager[Path]:
-    return scratch_folder(cache.root / "oci" / "tmp", "build-")
+    return cache.scratch("oci/tmp", "build-")
+
+
+def _checked(files: dict[str, Path], source: LayerSource) -> dict[str, ArchiveSlice]:
+    return {
+        name: ArchiveSlice.of_file(path, source.sha256.get(name)) for name, path in files.items()
+    }
 
 
 def _copied(archive: Path | ArchiveSlice) -> Path:
@@ -255,18 +261,26 @@ def _build(
         staging = work / "prefix"
         reporter.step(f"laying out {len(source.records)} packages for {prefix} ({source.platform})")
         urls = {r.file_name: r.url for r in source.records}
+        archives: dict[str, Archive] = dict(source.archives)
+        wheels: list[Archive] = list(source.wheels)
+        if source.verify:  # each archive checked against the lock where it is used
+            archives = {
+                n: ArchiveSlice.of_file(p, source.sha256.get(n)) for n, p in source.archives.items()
+            }
+            wheels = [ArchiveSlice.of_file(w, source.sha256.get(w.name)) for w in source.wheels]
         try:
-            lay_out_prefix(
+            lay_out_prefix(  # every file written through pack.confined
                 source.records,
-                source.archives,
-                source.wheels,
+                archives,
+                wheels,
                 staging=staging,
                 final=Path(str(prefix)),
                 platform=source.platform,
                 python_version=source.python_version,
-                cache_dir=cache.root / "oci" / "extracted",  # rattler re-checks sha256,
+                cache_dir=work / "rattler",  # this build's own: nothing shared with the cache
                 environment=source.environment,
                 activation=source.activation,
+                direct=True,
             )
         finally:
             for record in source.records:

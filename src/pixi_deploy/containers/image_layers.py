@@ -17,6 +17,7 @@ from typing import Any
 import rattler
 
 from pixi_deploy.activation import ManifestActivation
+from pixi_deploy.channels import redact
 from pixi_deploy.containers.oci import (
     TO_OCI,
     BlobStore,
@@ -30,6 +31,7 @@ from pixi_deploy.containers.oci import (
 from pixi_deploy.containers.reference import find_credentials, parse_reference
 from pixi_deploy.containers.registry import pull_base
 from pixi_deploy.errors import ContainerError
+from pixi_deploy.pack.confined import UnsafeMember, extract_tar
 
 LAYER_FORMAT = 1  # bump when the bytes of a package layer would change for the same package
 BUCKETS = 16
@@ -57,6 +59,7 @@ class LayerSource:
     sha256: dict[str, str]  # archive/wheel file name -> sha256
     wheels: list[Path]
     activation: ManifestActivation | None = None  # the manifest's part of activate.sh
+    verify: bool = False  # check each archive against ``sha256`` where it is used (a cache)
 
 
 def load_base(
@@ -76,9 +79,10 @@ def load_base(
     if kind == "oci-archive":
         folder = work / "base"
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             with tarfile.open(path_text) as tar:
-                tar.extractall(folder, filter="data")
-        except (OSError, tarfile.TarError) as error:
+                extract_tar(tar, folder)  # never tarfile's own filter: see pack/confined.py
+        except (OSError, tarfile.TarError, UnsafeMember) as error:
             raise ContainerError(f"cannot read the base archive {path_text}: {error}") from error
     manifest, config = read_layout(folder, tag, platform, store)
     for layer in manifest.get("layers", []):
@@ -119,7 +123,7 @@ def package_files(
             f for f in data.get("files", []) if (staging / f).is_symlink() or (staging / f).exists()
         ]
         # build-machine paths mean nothing in the image: record where the package came from
-        data["url"] = str(urls.get(fn, data.get("url", "")))
+        data["url"] = redact(str(urls.get(fn, data.get("url", ""))))  # no credentials in layers
         data["extracted_package_dir"] = ""
         record_file.write_text(json.dumps(data, indent=2))
         owned[fn] = (source.sha256.get(fn, fn), files)

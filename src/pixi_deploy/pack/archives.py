@@ -1,5 +1,10 @@
 """Conda archives where they lie: a file in the download cache, or a slice of an uncompressed
-pack (read in place, never copied out), opened as a stream or mapped into memory."""
+pack (read in place, never copied out), opened as a stream or mapped into memory.
+
+An `ArchiveSlice` carries the sha256 the lock expects and is checked right where its bytes are
+used (a cached file is a slice of itself): an archive replaced in the download cache after it
+was fetched is caught by the deploy, image or installer that would use it, not only by ``pack``.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,12 @@ class ArchiveSlice:
     size: int
     name: str
     sha256: str | None = None  # expected; checked by `verify` right before the bytes are used
+    whole: bool = False  # the whole of ``pack`` (a cached file), not a slice of a pack
+
+    @classmethod
+    def of_file(cls, path: Path, sha256: str | None) -> ArchiveSlice:
+        """A whole file (the download cache's copy of an archive), checked when it is used."""
+        return cls(path, 0, path.stat().st_size, path.name, sha256, whole=True)
 
     def open(self) -> BinaryIO:
         # A small buffer: zipfile seeks about the archive, and each seek would refill a big one
@@ -39,16 +50,41 @@ class ArchiveSlice:
         the extraction that follows), rather than in a separate pass over the whole pack."""
         if self.sha256 is None:
             return
+        if self.whole and self.pack.stat().st_size != self.size:
+            raise self.corrupt()
         with self.open() as source:
             digest = hashlib.file_digest(source, "sha256").hexdigest()  # type: ignore[arg-type]
         if digest != self.sha256:
             raise self.corrupt()
 
+    def check(self, data: memoryview, digest: Any = None) -> None:
+        """``data`` (this archive's bytes, mapped) against the sha256; ``digest``: a fresh
+        sha256 object to use (a forked worker copies one, see `pack.writers`)."""
+        if self.sha256 is None:
+            return
+        digest = hashlib.sha256() if digest is None else digest
+        digest.update(data)
+        if digest.hexdigest() != self.sha256:
+            raise self.corrupt()
+
     def corrupt(self) -> PackError:
+        if self.whole:
+            return PackError(
+                f"{self.pack} does not match the sha256 in pixi.lock (changed after it was "
+                "downloaded)",
+                f"remove it (rm {self.pack}) and run the command again to fetch it afresh",
+            )
         return PackError(
             f"{self.name} in {self.pack.name} is corrupt (sha256 mismatch)",
             "re-create or re-download the pack",
         )
+
+    def local_file(self, folder: Path) -> Path:
+        """A verified file of its own (for rattler): the cached file itself, or a copy."""
+        if self.whole:
+            self.verify()
+            return self.pack
+        return self.copy_to(folder)
 
     def copy_to(self, folder: Path) -> Path:
         self.verify()
@@ -114,7 +150,12 @@ def mapped(archive: Archive) -> Iterator[memoryview]:
     else:
         path, offset, size = archive, 0, archive.stat().st_size
     with path.open("rb") as source:
-        if os.fstat(source.fileno()).st_size < offset + size:
+        actual = os.fstat(source.fileno()).st_size
+        if actual < offset + size or (
+            isinstance(archive, ArchiveSlice) and archive.whole and actual != size
+        ):
+            if isinstance(archive, ArchiveSlice) and archive.sha256 is not None:
+                raise archive.corrupt()
             raise PackError(f"{archive.name} is cut short", "re-create or re-download the pack")
         if size == 0:
             yield memoryview(b"")
@@ -135,10 +176,7 @@ def mapped(archive: Archive) -> Iterator[memoryview]:
 
 
 def check_digest(archive: Archive, data: memoryview, digest: Any = None) -> None:
-    """``digest``: a fresh sha256 object to use (a forked worker copies one, see `pack.writers`)."""
-    if not isinstance(archive, ArchiveSlice) or archive.sha256 is None:
-        return  # archives in the download cache were checked when they entered it
-    digest = hashlib.sha256() if digest is None else digest
-    digest.update(data)
-    if digest.hexdigest() != archive.sha256:
-        raise archive.corrupt()
+    """An `ArchiveSlice` against its sha256 (a bare path is trusted: tests and callers that
+    verified it themselves)."""
+    if isinstance(archive, ArchiveSlice):
+        archive.check(data, digest)

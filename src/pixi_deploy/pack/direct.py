@@ -18,44 +18,37 @@ must already be verified against the lock.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import shutil
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, BinaryIO
 
 import rattler
 import zstandard
 
-from pixi_deploy.errors import PackError
-from pixi_deploy.pack.archives import Archive, ArchiveSlice, archive_size, open_archive
-from pixi_deploy.pack.untar import UnusualMember, read_members
+from pixi_deploy.pack import verdicts
+from pixi_deploy.pack.archives import Archive, ArchiveSlice, archive_size, mapped, open_archive
+from pixi_deploy.pack.confined import ConfinedFolder, UnsafeMember, is_beneath
+from pixi_deploy.pack.guard import MAX_INFO_FILE, check_symlinks, checked_paths, refuse
+from pixi_deploy.pack.linking import DirectPackage, Linker
+from pixi_deploy.pack.untar import (
+    WINDOW,
+    UnusualMember,
+    extract_payload,
+    read_bounded,
+    read_members,
+)
 from pixi_deploy.pack.writers import PackageWriters
 
-#: Linux refuses to exec a script whose ``#!`` line is longer than this.
-MAX_SHEBANG = 127
-_CHUNK = 1 << 20
-
-
-@dataclass
-class _Package:
-    record: rattler.RepoDataRecord
-    archive: Archive
-    payload_member: str
-    paths: list[dict[str, Any]]
-    payload_at: tuple[int, int] | None  # (offset, size) in the archive; None if zip-compressed
-
-    @cached_property
-    def symlinks(self) -> frozenset[str]:
-        return frozenset(e["_path"] for e in self.paths if e.get("path_type") == "softlink")
+#: Top-level names the remote store uses in a staging folder (store/payloads.py): a deferred
+#: payload may not hold them, or it could forge another package's object or marker.
+RESERVED_NAMES = (".pd-objects", ".pd-staged")
 
 
 @dataclass(frozen=True)
@@ -63,7 +56,8 @@ class DeferredPayload:
     """A package whose bulk was not written: its payload tar (zstd) lies at ``offset`` in
     ``archive``, to be extracted elsewhere (the remote store does it on the cluster). Files that
     embed the prefix, symlinks and conda-meta were written as usual, so the staged prefix plus
-    this payload, with the staged files winning, is the installed package."""
+    this payload, with the staged files winning, is the installed package. Every member of the
+    payload was checked here (`pack.untar`), and the archive's sha256 with it."""
 
     record: rattler.RepoDataRecord
     archive: Path
@@ -78,6 +72,7 @@ class DeferredPayload:
 class DirectResult:
     left: list[rattler.RepoDataRecord]  # for rattler, in their original order
     deferred: list[DeferredPayload]
+    symlinks: dict[str, str] = field(default_factory=dict)  # made, name -> target
 
 
 def install_direct(
@@ -95,11 +90,11 @@ def install_direct(
     `DeferredPayload`) and returns where each package's payload lies."""
     if not defer_payloads:
         return _install_written(records, archives, staging, final, workers)
-    direct: list[_Package] = []
+    direct: list[DirectPackage] = []
     left: list[rattler.RepoDataRecord] = []
     for record in records:
         package = _read_package_checked(record, archives[record.file_name])
-        if package is None or package.payload_at is None or not isinstance(package.archive, Path):
+        if package is None or package.payload_at is None:
             left.append(record)
         else:
             direct.append(package)
@@ -108,15 +103,25 @@ def install_direct(
     if not direct:
         return DirectResult(left, [])
     staging.mkdir(parents=True, exist_ok=True)
-    linker = _Linker(staging, final)
+    linker = Linker(staging, final)
     deferred: list[DeferredPayload] = []
-    for package in direct:
-        _extract_members(package, staging, _prefix_specific(package))
-        if linker.link(package):
-            deferred.append(_deferred(package))
-            if on_deferred is not None:  # e.g. to start sending it while the rest is laid out
-                on_deferred(deferred[-1])
-    return DirectResult(_in_order(left + linker.given_back, records), deferred)
+    every_symlink = frozenset(path for package in direct for path in package.symlinks)
+    made: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    try:
+        for package in direct:
+            symlinks = _extract_prefix_specific(package, staging, every_symlink)
+            owners.update(dict.fromkeys(symlinks, package.record.file_name))
+            check_symlinks({**made, **symlinks}, str(final), owners)  # before any of it is sent
+            made.update(symlinks)
+            if linker.link(package, symlinks):
+                deferred.append(_deferred(package))
+                if on_deferred is not None:  # e.g. to start sending it while the rest is laid out
+                    on_deferred(deferred[-1])
+        _make_symlinks(staging, made)
+    finally:
+        linker.close()
+    return DirectResult(_in_order(left + linker.given_back, records), deferred, made)
 
 
 def _install_written(
@@ -128,21 +133,31 @@ def _install_written(
 ) -> DirectResult:
     """Every package's payload written here, by `pack.writers` processes, biggest first."""
     staging.mkdir(parents=True, exist_ok=True)
-    linker = _Linker(staging, final)
-    with PackageWriters(staging, workers, _read_package_checked, linker.link) as writers:
-        for record in sorted(records, key=lambda r: -archive_size(archives[r.file_name])):
-            writers.submit(record, archives[record.file_name])
-        writers.wait()
+    linker = Linker(staging, final)
+    try:
+        with PackageWriters(staging, workers, _read_package_checked, linker.link) as writers:
+            for record in sorted(records, key=lambda r: -archive_size(archives[r.file_name])):
+                writers.submit(record, archives[record.file_name])
+            writers.wait()
         if _conflicting(writers.packages):
             shutil.rmtree(staging)
             staging.mkdir()
             return DirectResult(list(records), [])
-        writers.make_symlinks()
-    for package in writers.unusual:
-        _remove_files(staging, package)
-        _extract_with_tarfile([package], staging)  # tarfile's own checks, slowly
-        linker.link(package)
-    return DirectResult(_in_order(writers.unreadable + linker.given_back, records), [])
+        check_symlinks(writers.symlinks, str(final), writers.symlink_owners)
+        _make_symlinks(staging, writers.symlinks)
+    finally:
+        linker.close()
+    return DirectResult(
+        _in_order(writers.unreadable + linker.given_back, records), [], writers.symlinks
+    )
+
+
+def _make_symlinks(staging: Path, symlinks: Mapping[str, str]) -> None:
+    """Made last, once every file is written and every target checked: nothing is ever written
+    through one, and one beneath another is refused (`pack.confined`)."""
+    with ConfinedFolder(staging) as tree:
+        for name, target in symlinks.items():
+            tree.symlink(name, target)
 
 
 def _in_order(
@@ -152,35 +167,14 @@ def _in_order(
     return sorted(subset, key=lambda record: order[id(record)])
 
 
-class _Linker:
-    """Patches a written package's placeholders and writes its conda-meta record; a package
-    whose shebang would outgrow the kernel's limit is taken back out, for rattler."""
-
-    def __init__(self, staging: Path, final: Path) -> None:
-        self.staging = staging
-        self.prefix = str(final).encode()
-        self.meta = staging / "conda-meta"
-        self.meta.mkdir(exist_ok=True)
-        (self.meta / "history").touch()
-        self.given_back: list[rattler.RepoDataRecord] = []
-
-    def link(self, package: _Package, symlinks: Mapping[str, str] | None = None) -> bool:
-        """``symlinks``: the package's symlinks when they are not made yet (path -> target)."""
-        try:
-            entries = [
-                _link_entry(self.staging, entry, self.prefix, symlinks) for entry in package.paths
-            ]
-        except _LongShebang:
-            _remove_files(self.staging, package)  # rattler rewrites such shebangs
-            self.given_back.append(package.record)
-            return False
-        _write_prefix_record(self.meta, package, entries)
-        return True
-
-
-def _deferred(package: _Package) -> DeferredPayload:
-    assert package.payload_at is not None and isinstance(package.archive, Path)
+def _deferred(package: DirectPackage) -> DeferredPayload:
+    assert package.payload_at is not None
     offset, size = package.payload_at
+    path, base = (
+        (package.archive.pack, package.archive.offset)
+        if isinstance(package.archive, ArchiveSlice)
+        else (package.archive, 0)
+    )
     installed = sum(int(e.get("size_in_bytes") or 0) for e in package.paths)
     specific = _prefix_specific(package)
     shared = tuple(
@@ -189,22 +183,20 @@ def _deferred(package: _Package) -> DeferredPayload:
         if e.get("path_type", "hardlink") == "hardlink" and e["_path"] not in specific
     )
     folders = tuple(sorted({os.path.dirname(e["_path"]) for e in package.paths} - {""}))
-    return DeferredPayload(
-        package.record, package.archive, offset, size, installed, shared, folders
-    )
+    return DeferredPayload(package.record, path, base + offset, size, installed, shared, folders)
 
 
-def _verify(archive: Archive) -> None:
-    if isinstance(archive, ArchiveSlice):
-        archive.verify()
-
-
-def _read_package_checked(record: rattler.RepoDataRecord, archive: Archive) -> _Package | None:
-    """An archive that cannot be read is either corrupt (say so) or unusual (rattler's then)."""
+def _read_package_checked(record: rattler.RepoDataRecord, archive: Archive) -> DirectPackage | None:
+    """An archive that cannot be read is corrupt (say so); a hostile one is refused."""
     try:
         return _read_package(record, archive)
+    except (UnsafeMember, UnusualMember) as error:
+        if isinstance(archive, ArchiveSlice):
+            archive.verify()  # a corrupt pack says so rather than blame the package
+        raise refuse(record.file_name, error) from None
     except (zipfile.BadZipFile, zstandard.ZstdError, tarfile.TarError, ValueError, KeyError):
-        _verify(archive)
+        if isinstance(archive, ArchiveSlice):
+            archive.verify()
         return None
 
 
@@ -212,7 +204,7 @@ def _read_package_checked(record: rattler.RepoDataRecord, archive: Archive) -> _
 _ACTIVATION = ("etc/conda/activate.d/", "etc/conda/env_vars.d/")
 
 
-def _prefix_specific(package: _Package) -> set[str]:
+def _prefix_specific(package: DirectPackage) -> set[str]:
     """The payload members that differ per prefix, that conda-meta describes by content, or
     that the activation script is written from."""
     return {
@@ -237,42 +229,51 @@ def _stored_at(source: BinaryIO, info: zipfile.ZipInfo) -> tuple[int, int] | Non
     return info.header_offset + 30 + name_len + extra_len, info.compress_size
 
 
-def _extract_members(package: _Package, staging: Path, wanted: set[str]) -> None:
-    """Only ``wanted`` members, stopping as soon as all are out (they tend to come early)."""
-    if not wanted:
-        return
-    remaining = set(wanted)
-    with _payload_tar(package) as tar:
-        for member in tar:
-            if member.name in remaining:
-                tar.extract(member, staging, filter="tar")
-                remaining.discard(member.name)
-                if not remaining:
-                    return
+def _extract_prefix_specific(
+    package: DirectPackage, staging: Path, every_symlink: frozenset[str]
+) -> dict[str, str]:
+    """Verify the archive, check every member of its payload (or find that a verdict already
+    says it passed, `pack.verdicts`), and write only what differs per prefix (the rest is
+    shipped as it is); returns the payload's symlinks, not made yet."""
+    assert package.payload_at is not None
+    offset, size = package.payload_at
+    verdict = verdicts.load(package.archive)
+    known = verdict is not None and set(verdict.declared) == set(package.symlinks)
+    folders: set[str] = set()
+    try:
+        if known:
+            assert verdict is not None
+            for folder in verdict.folders:  # what depends on the rest of the environment
+                above = folder if folder in every_symlink else is_beneath(folder, every_symlink)
+                if above is not None:
+                    raise UnsafeMember(f"{folder} lies beneath the symlink {above}")
+        with mapped(package.archive) as data:
+            if isinstance(package.archive, ArchiveSlice):
+                package.archive.check(data)
+            symlinks = extract_payload(
+                data[offset : offset + size],
+                str(staging),
+                declared_symlinks=package.symlinks,
+                all_symlinks=every_symlink,
+                buffer=bytearray(WINDOW),
+                wanted=_prefix_specific(package),
+                reserved=RESERVED_NAMES,
+                stop_early=known,
+                folders_out=folders,
+            )
+    except (UnsafeMember, UnusualMember) as error:
+        raise refuse(package.record.file_name, error) from None
+    except zstandard.ZstdError as error:
+        raise refuse(
+            package.record.file_name, UnusualMember(f"cannot be decompressed ({error})")
+        ) from None
+    if not known:
+        verdicts.save(package.archive, verdicts.Verdict(tuple(package.symlinks), tuple(folders)))
+    return symlinks
 
 
-@contextmanager
-def _payload_tar(package: _Package) -> Iterator[tarfile.TarFile]:
-    """The package's payload (the zstd-compressed tar inside the ``.conda``), read in order."""
-    with (
-        open_archive(package.archive) as source,
-        zipfile.ZipFile(source) as zf,
-        zf.open(package.payload_member) as raw,
-    ):
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK)
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
-            yield tar
-
-
-def _remove_files(staging: Path, package: _Package) -> None:
-    for entry in package.paths:
-        path = staging / entry["_path"]
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-
-
-def _read_package(record: rattler.RepoDataRecord, archive: Archive) -> _Package | None:
-    """The package's paths.json, or None when it must go through rattler."""
+def _read_package(record: rattler.RepoDataRecord, archive: Archive) -> DirectPackage | None:
+    """The package's paths.json (every name checked), or None when it must go through rattler."""
     if not archive.name.endswith(".conda"):
         return None
     with open_archive(archive) as source, zipfile.ZipFile(source) as zf:
@@ -286,25 +287,26 @@ def _read_package(record: rattler.RepoDataRecord, archive: Archive) -> _Package 
         payload_at = _stored_at(source, zf.getinfo(payload))
     if "info/paths.json" not in info_files or "info/index.json" not in info_files:
         return None
+    paths = checked_paths(info_files["info/paths.json"], record.file_name)
     index = json.loads(info_files["info/index.json"])
-    if index.get("noarch") == "python":
-        return None
-    paths = json.loads(info_files["info/paths.json"]).get("paths")
-    if not isinstance(paths, list):
+    if not isinstance(index, dict) or index.get("noarch") == "python":
         return None
     for entry in paths:
         if entry.get("path_type", "hardlink") not in ("hardlink", "softlink", "directory"):
             return None
         if entry.get("prefix_placeholder") and entry.get("file_mode") not in ("text", "binary"):
             return None
-    return _Package(record, archive, payload, paths, payload_at)
+    return DirectPackage(record, archive, payload, paths, payload_at)
 
 
 def _small_members(raw: IO[bytes], wanted: set[str]) -> dict[str, bytes]:
-    data = zstandard.ZstdDecompressor().decompressobj().decompress(raw.read())
+    """Members of a package's info tar (zstd), read within a bound: a package is untrusted."""
+    data = read_bounded(
+        zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), MAX_INFO_FILE
+    )
     try:
         return read_members(data, wanted)
-    except UnusualMember:  # tarfile reads what our reader does not
+    except UnusualMember:  # tarfile reads what our reader does not (only reads: no extraction)
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             found: dict[str, bytes] = {}
             for member in tar:
@@ -315,7 +317,7 @@ def _small_members(raw: IO[bytes], wanted: set[str]) -> dict[str, bytes]:
             return found
 
 
-def _conflicting(packages: Sequence[_Package]) -> bool:
+def _conflicting(packages: Sequence[DirectPackage]) -> bool:
     """Two packages owning one path, or one with files beneath another's symlink: rare, and
     rattler's clobber rules decide what then happens, so it gets every package."""
     seen: set[str] = set()
@@ -334,113 +336,3 @@ def _conflicting(packages: Sequence[_Package]) -> bool:
             return True
         parents = {parent.rpartition("/")[0] for parent in parents} - {""}
     return False
-
-
-def _extract_with_tarfile(packages: Sequence[_Package], staging: Path) -> None:
-    """What `pack.untar` leaves (unusual members): slower, with tarfile's own safety filter.
-    The archives were checked against their sha256 already."""
-    for package in packages:
-        with _payload_tar(package) as tar:
-            tar.extractall(staging, filter="tar")
-
-
-# --------------------------------------------------------------------------------------------
-# Linking: prefix placeholders and conda-meta
-# --------------------------------------------------------------------------------------------
-
-
-def _link_entry(
-    staging: Path, entry: dict[str, Any], prefix: bytes, symlinks: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """The conda-meta paths entry for one file, after patching its placeholder if it has one."""
-    out: dict[str, Any] = {
-        "_path": entry["_path"],
-        "path_type": entry.get("path_type", "hardlink"),
-    }
-    if "sha256" in entry:
-        out["sha256"] = entry["sha256"]
-    placeholder = entry.get("prefix_placeholder")
-    if out["path_type"] == "softlink":  # rattler hashes the link's target, as written
-        path = entry["_path"]
-        recorded = symlinks.get(path) if symlinks is not None else None
-        target = (recorded if recorded is not None else os.readlink(staging / path)).encode()
-        out["sha256_in_prefix"] = hashlib.sha256(target).hexdigest()
-    if placeholder:
-        data = _patch(staging / entry["_path"], placeholder.encode(), prefix, entry["file_mode"])
-        out["sha256_in_prefix"] = hashlib.sha256(data).hexdigest()
-        out["size_in_bytes"] = len(data)
-        out["file_mode"] = entry["file_mode"]
-        out["prefix_placeholder"] = placeholder
-    elif "size_in_bytes" in entry:
-        out["size_in_bytes"] = entry["size_in_bytes"]
-    if entry.get("no_link"):
-        out["no_link"] = True
-    return out
-
-
-def _patch(path: Path, placeholder: bytes, prefix: bytes, mode: str) -> bytes:
-    data = path.read_bytes()
-    if placeholder not in data:
-        return data
-    new = replace_text(data, placeholder, prefix) if mode == "text" else None
-    if new is None:
-        new = replace_cstrings(data, placeholder, prefix, path)
-    temporary = path.with_name(path.name + ".pixi-deploy-patch")
-    temporary.write_bytes(new)
-    os.chmod(temporary, path.stat().st_mode & 0o7777)
-    os.replace(temporary, path)
-    return new
-
-
-def replace_text(data: bytes, placeholder: bytes, prefix: bytes) -> bytes:
-    """Plain replacement, as conda does for text files. A ``#!`` line that the new prefix
-    would make longer than the kernel accepts raises: rattler rewrites such lines."""
-    new = data.replace(placeholder, prefix)
-    if new.startswith(b"#!"):
-        first_line = new.split(b"\n", 1)[0]
-        if len(first_line) > MAX_SHEBANG and placeholder in data.split(b"\n", 1)[0]:
-            raise _LongShebang()
-    return new
-
-
-class _LongShebang(Exception):
-    pass
-
-
-def replace_cstrings(data: bytes, placeholder: bytes, prefix: bytes, path: Path) -> bytes:
-    """Binary files: each NUL-terminated string holding the placeholder is rewritten in place and
-    padded with NULs, so every offset in the file stays where the linker put it."""
-    if len(prefix) > len(placeholder):
-        raise PackError(
-            f"the path {prefix.decode()} is longer than the {len(placeholder)} characters "
-            f"the binary file {path.name} reserves for it",
-            "choose a shorter target path",
-        )
-    out = io.BytesIO()
-    position = 0
-    while (start := data.find(placeholder, position)) != -1:
-        end = data.find(b"\0", start)
-        end = len(data) if end == -1 else end
-        segment = data[start:end]
-        replaced = segment.replace(placeholder, prefix)
-        out.write(data[position:start])
-        out.write(replaced)
-        out.write(b"\0" * (len(segment) - len(replaced)))
-        position = end
-    out.write(data[position:])
-    return out.getvalue()
-
-
-def _write_prefix_record(meta: Path, package: _Package, entries: list[dict[str, Any]]) -> None:
-    record = json.loads(package.record.to_json())
-    record.update(
-        {
-            "extracted_package_dir": "",
-            "requested_specs": [],
-            "files": [e["_path"] for e in entries],
-            "paths_data": {"paths_version": 1, "paths": entries},
-            "link": {"source": "", "type": 1},
-        }
-    )
-    name = f"{package.record.name.normalized}-{package.record.version}-{package.record.build}"
-    (meta / f"{name}.json").write_text(json.dumps(record))

@@ -33,6 +33,8 @@ from pathlib import Path
 from installer.utils import parse_wheel_filename
 
 from pixi_deploy.errors import FetchError, PackError
+from pixi_deploy.pack.archives import ArchiveSlice
+from pixi_deploy.pack.confined import extract_tar
 from pixi_deploy.pack.fetch import Artifact, DownloadCache
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.workspace import PypiPackage, ResolvedEnvironment, current_platform
@@ -139,6 +141,7 @@ def _build_sdist(
         )
     artifact = Artifact("sdist", package.location, filename, package.sha256, None, package.name)
     archive = cache.fetch_all([artifact], reporter)[artifact]
+    ArchiveSlice.of_file(archive, package.sha256).verify()  # the cache may have changed since
     key = "sdist-" + package.sha256
     wheel = _cached_or_built(
         cache, key, package, reporter, lambda out: _build_archive(archive, package, out)
@@ -354,7 +357,7 @@ def _build_archive(archive: Path, package: PypiPackage, out: Path) -> Path:
                     zipped.extractall(root)  # noqa: S202 (members checked above)
             else:
                 with tarfile.open(archive) as tarred:
-                    tarred.extractall(root, filter="data")
+                    extract_tar(tarred, root)  # never tarfile's own filter: see confined.py
         except (OSError, tarfile.TarError, zipfile.BadZipFile) as error:
             raise PackError(
                 f"source distribution of '{package.name}' cannot be unpacked ({error})"

@@ -6,9 +6,14 @@ exactly as a deploy would lay it out for a real path. Then every file that names
 is listed: text files (rewritten with ``sed`` at install time) and, in binary files, each C string
 that contains it (offset, length, number of occurrences: rewritten in place with ``dd``, padded
 with NULs to its old length, as conda does). The tree goes into a tar appended to
-``selfextract.sh``; the script checks the payload's length and ``cksum`` (and sha256 when
-``sha256sum`` exists) before it writes anything, unpacks into a staging folder beside the target,
-relocates, and renames into place.
+``selfextract.sh``; the script checks its own header and the payload's length and ``cksum``
+(and sha256 when ``sha256sum`` exists) before it writes anything, unpacks into a staging folder
+beside the target, relocates, and renames into place.
+
+The header's checksum (on its last line) catches a damaged or carelessly edited script, not a
+deliberate one: whoever edits the script can edit its checksum too. What proves an installer is
+the one that was built is its digest, the sha256 of the whole file, printed at pack time
+(`SelfExtractResult.digest`): compare it with ``sha256sum installer.sh`` before running it.
 
 Tools the script needs on the target: ``sh``, ``tar``, ``dd``, ``cksum``, ``sed``, ``mkdir``,
 ``mv``, ``rm``, ``chmod``, ``ln``, ``cat`` (POSIX; ``sha256sum`` optional).
@@ -32,7 +37,7 @@ from pixi_deploy.errors import PackError, store_error_from_os
 from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import lay_out_environment
 from pixi_deploy.progress import NullReporter, Reporter
-from pixi_deploy.workspace import ResolvedEnvironment
+from pixi_deploy.workspace import ResolvedEnvironment, file_name_part
 
 #: Longest target path the script accepts. Must not exceed any package's binary placeholder
 #: (conda-build's is 255 characters), since rattler patches those with this one first.
@@ -42,6 +47,9 @@ RELOCATE_NAME = ".pixi-deploy-relocate"
 BLOCK = 4096
 FIXED_MTIME = 315532800
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
+#: Starts the header's last line, which holds the cksum and sha256 of the lines above it.
+HEADER_MARK = "#pixi-deploy-header"
+_LAST_LINE = len(HEADER_MARK) + 80  # mark, cksum, sha256, spaces, at least one "#" and "\n"
 
 
 @dataclass(frozen=True)
@@ -51,10 +59,13 @@ class SelfExtractResult:
     payload_size: int
     text_files: int
     binary_strings: int
+    digest: str = ""  # sha256:<hex> of the whole installer (what `sha256sum` prints)
 
 
 def default_self_extract_name(resolved: ResolvedEnvironment) -> str:
-    return f"{resolved.workspace.name}-{resolved.name}-{resolved.platform}-{resolved.short_hash}.sh"
+    """One file name in the current folder, whatever the workspace is called."""
+    stem = f"{resolved.workspace.name}-{resolved.name}-{resolved.platform}-{resolved.short_hash}"
+    return file_name_part(stem) + ".sh"
 
 
 def write_self_extracting(
@@ -84,10 +95,13 @@ def write_self_extracting(
         _write_tar(prefix, payload)
         header = _header(resolved, output.name, payload)
         partial = work / "out.sh"
+        whole = hashlib.sha256(header)
         with partial.open("wb") as out:
             out.write(header)
             with payload.open("rb") as source:
-                shutil.copyfileobj(source, out, 1 << 20)
+                while chunk := source.read(1 << 20):
+                    whole.update(chunk)
+                    out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(partial, 0o755 & ~_umask())
@@ -99,7 +113,9 @@ def write_self_extracting(
         ) from error
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return SelfExtractResult(output, output.stat().st_size, payload_size, texts, strings)
+    return SelfExtractResult(
+        output, output.stat().st_size, payload_size, texts, strings, "sha256:" + whole.hexdigest()
+    )
 
 
 def write_relocation_list(prefix: Path) -> tuple[int, int]:
@@ -193,17 +209,21 @@ def _header(resolved: ResolvedEnvironment, script_name: str, payload: Path) -> b
         "PAYLOAD_SHA256": sha,
         "PLACEHOLDER": PLACEHOLDER,
         "PLACEHOLDER_LENGTH": str(len(PLACEHOLDER)),
-        "DEFAULT_NAME": _safe(f"{resolved.workspace.name}-{resolved.name}-{resolved.short_hash}"),
+        "DEFAULT_NAME": file_name_part(
+            f"{resolved.workspace.name}-{resolved.name}-{resolved.short_hash}"
+        ),
     }
     for key, value in values.items():
         template = template.replace(f"@@{key}@@", value)
     # PAYLOAD_BLOCKS depends on the header's own length: fill it in with a fixed width
     template = template.replace("@@PAYLOAD_BLOCKS@@", "0" * 9 + "@@")
     body = template.encode()
-    blocks = -(-(len(body) + 2) // BLOCK)  # +2: the filler line's "#" and newline
+    blocks = -(-(len(body) + _LAST_LINE) // BLOCK)
     body = body.replace(("0" * 9 + "@@").encode(), f"{blocks:011d}".encode())
-    filler = blocks * BLOCK - len(body) - 1
-    return body + b"#" * filler + b"\n"
+    # the last line: the checksums of everything above it (the script checks them first)
+    last = f"{HEADER_MARK} {posix_cksum(body)} {hashlib.sha256(body).hexdigest()} ".encode()
+    filler = blocks * BLOCK - len(body) - len(last) - 1
+    return body + last + b"#" * filler + b"\n"
 
 
 def _cksum(path: Path) -> int:

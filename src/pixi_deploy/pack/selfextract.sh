@@ -56,7 +56,31 @@ payload() {
     dd if="$self" bs=$BLOCK skip=$PAYLOAD_BLOCKS 2>/dev/null
 }
 
+header() {
+    dd if="$self" bs=$BLOCK count=$PAYLOAD_BLOCKS 2>/dev/null
+}
+
+# The header's last line holds the cksum and sha256 of the lines above it: a damaged or edited
+# script stops here. (Whoever edits on purpose can fix these too: check the installer's own
+# sha256 against the digest printed when it was built.)
+verify_header() {
+    last=$(header | sed -n '$p') || die "cannot read $self"
+    set -- $last
+    [ "${1:-}" = "#pixi-deploy-header" ] || die "$self is damaged (its header has no checksum); nothing was installed, download it again"
+    want_cksum=$2
+    want_sha=$3
+    got=$(header | sed '$d' | cksum) || die "cannot read $self"
+    set -- $got
+    [ "$1" = "$want_cksum" ] || die "$self is damaged or was edited (header checksum mismatch); nothing was installed, download it again"
+    if command -v sha256sum >/dev/null 2>&1; then
+        got=$(header | sed '$d' | sha256sum) || die "cannot read $self"
+        set -- $got
+        [ "$1" = "$want_sha" ] || die "$self is damaged or was edited (header sha256 mismatch); nothing was installed, download it again"
+    fi
+}
+
 verify() {
+    verify_header
     got=$(payload | cksum) || die "cannot read the payload of $self"
     set -- $got
     if [ "${2:-0}" != "$PAYLOAD_SIZE" ]; then

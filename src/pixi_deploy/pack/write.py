@@ -21,12 +21,19 @@ import rattler
 import zstandard
 
 from pixi_deploy.activation import PACK_EXTRA_KEY
+from pixi_deploy.channels import redact
 from pixi_deploy.errors import PackError, store_error_from_os
 from pixi_deploy.pack.fetch import Artifact, DownloadCache, artifacts_of
-from pixi_deploy.pack.format import LOCK_MEMBER, METADATA_NAME, PackedFile, PackMetadata
+from pixi_deploy.pack.format import (
+    LOCK_MEMBER,
+    METADATA_NAME,
+    PackedFile,
+    PackMetadata,
+    digest_of,
+)
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.tarwriter import TarWriter
-from pixi_deploy.workspace import ResolvedEnvironment
+from pixi_deploy.workspace import ResolvedEnvironment, file_name_part
 
 COMPRESSIONS = ("none", "zstd")
 
@@ -36,11 +43,14 @@ class PackResult:
     path: Path
     metadata: PackMetadata
     size: int
+    digest: str  # sha256:<hex> of the metadata member: `unpack --expect-digest` checks it
 
 
 def default_pack_name(resolved: ResolvedEnvironment, compression: str) -> str:
+    """One file name in the current folder, whatever the workspace is called."""
     suffix = ".tar.zst" if compression == "zstd" else ".tar"
-    return f"{resolved.workspace.name}-{resolved.name}-{resolved.platform}-{resolved.short_hash}{suffix}"
+    stem = f"{resolved.workspace.name}-{resolved.name}-{resolved.platform}-{resolved.short_hash}"
+    return file_name_part(stem) + suffix
 
 
 def write_pack(
@@ -64,6 +74,7 @@ def write_pack(
     cached = cache.fetch_all(artifacts, reporter)
     metadata = build_metadata(resolved, artifacts)
     lock_bytes = mini_lock(resolved)
+    metadata.lock_sha256 = hashlib.sha256(lock_bytes).hexdigest()
 
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -83,11 +94,11 @@ def write_pack(
                 if compression == "zstd":
                     compressor = zstandard.ZstdCompressor(level=zstd_level, threads=-1)
                     with compressor.stream_writer(raw, closefd=False) as zout:
-                        _write_members(
+                        digest = _write_members(
                             zout, metadata, lock_bytes, artifacts, cached, False, advance, cache
                         )
                 else:
-                    _write_members(
+                    digest = _write_members(
                         raw, metadata, lock_bytes, artifacts, cached, True, advance, cache
                     )
             raw.flush()  # no fsync: like tar and conda-pack; the rename below is what is atomic
@@ -98,7 +109,7 @@ def write_pack(
         ) from error
     finally:
         partial.unlink(missing_ok=True)
-    return PackResult(output, metadata, output.stat().st_size)
+    return PackResult(output, metadata, output.stat().st_size, digest)
 
 
 def build_metadata(resolved: ResolvedEnvironment, artifacts: list[Artifact]) -> PackMetadata:
@@ -114,7 +125,7 @@ def build_metadata(resolved: ResolvedEnvironment, artifacts: list[Artifact]) -> 
         environment=resolved.name,
         platform=resolved.platform,
         lock_hash=resolved.lock_hash,
-        channels=list(resolved.channels),
+        channels=[redact(c) for c in resolved.channels],
         virtual_packages=list(resolved.virtual_packages),
         files=files,
         python_version=resolved.python_version,
@@ -131,12 +142,21 @@ def _activation_extra(resolved: ResolvedEnvironment) -> dict[str, object]:
 
 
 def mini_lock(resolved: ResolvedEnvironment) -> bytes:
-    """A pixi.lock with exactly this environment and platform (pixi's own format, version 7)."""
+    """A pixi.lock with exactly this environment and platform (pixi's own format, version 7),
+    every URL in it without credentials (they stay in memory, for downloads)."""
     lock = rattler.LockFile([rattler.LockPlatform(resolved.platform)])
     lock_platform = lock.platforms()[0]
-    lock.set_channels(resolved.name, [rattler.LockChannel(c) for c in resolved.channels])
-    for record in resolved.conda_records:
-        lock.add_conda_package(resolved.name, lock_platform, record)
+    lock.set_channels(resolved.name, [rattler.LockChannel(redact(c)) for c in resolved.channels])
+    originals = [(r.url, r.channel) for r in resolved.conda_records]
+    try:
+        for record in resolved.conda_records:
+            record.url = redact(str(record.url))
+            if record.channel:
+                record.channel = redact(str(record.channel))
+            lock.add_conda_package(resolved.name, lock_platform, record)
+    finally:
+        for record, (url, channel) in zip(resolved.conda_records, originals, strict=True):
+            record.url, record.channel = url, channel
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pixi.lock"
         lock.to_path(path)
@@ -152,7 +172,8 @@ def _write_members(
     use_sendfile: bool,
     advance: Callable[[int], None],
     cache: DownloadCache,
-) -> None:
+) -> str:
+    """Returns the pack's digest."""
     # Sizes are taken from the cache (the lock may omit them); the metadata is written after
     # they are known, but before any archive, so readers see it first.
     sizes = {a: cached[a].stat().st_size for a in artifacts}
@@ -161,7 +182,8 @@ def _write_members(
         for f, a in zip(metadata.files, artifacts, strict=True)
     ]
     tar = TarWriter(out, use_sendfile=use_sendfile)
-    tar.add_bytes(METADATA_NAME, metadata.to_json())
+    metadata_bytes = metadata.to_json()
+    tar.add_bytes(METADATA_NAME, metadata_bytes)
     tar.add_bytes(LOCK_MEMBER, lock_bytes)
     with ThreadPoolExecutor(1) as hasher:  # hash file n while the kernel copies it
         checks: list[tuple[Artifact, Future[str]]] = []
@@ -178,6 +200,7 @@ def _write_members(
                     "the bad cache entry was removed; run the command again to fetch it afresh",
                 )
     tar.close()
+    return digest_of(metadata_bytes)
 
 
 def _sha256_file(path: Path) -> str:

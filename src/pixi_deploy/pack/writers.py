@@ -17,10 +17,12 @@ Python 3.12+ warns about every fork of a threaded process; for this child the wa
 apply and is silenced for that one call. Without ``fork`` (not Linux) the jobs run here, in turn.
 
 Safety without knowing every package before writing: no symlink is made while payloads are
-written (they are recorded and made by `PackageWriters.make_symlinks`), so nothing can be
-written through one. Whether two packages own one path, or one has files beneath another's
-symlink, is the caller's to check once `PackageWriters.wait` has returned every package, before
-any symlink is made; rattler then gets the whole environment.
+written (they are recorded, in `PackageWriters.symlinks`, for the caller to check and make once
+every package is back), and every write goes through `pack.confined`, so nothing can be written
+through one. A member a package may not hold stops the whole install (`pack.untar`). Whether two
+packages own one path, or one has files beneath another's symlink, is the caller's to check once
+`PackageWriters.wait` has returned every package, before any symlink is made; rattler then gets
+the whole environment.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import os
 import signal
 import sys
 import warnings
+import zipfile
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -46,17 +49,18 @@ import rattler
 import zstandard
 
 from pixi_deploy.errors import PackError
-from pixi_deploy.pack.archives import Archive, check_digest, mapped
+from pixi_deploy.pack.archives import Archive, check_digest, mapped, open_archive
+from pixi_deploy.pack.confined import UnsafeMember
 from pixi_deploy.pack.untar import WINDOW, UnusualMember, extract_payload
 
 if TYPE_CHECKING:
-    from pixi_deploy.pack.direct import _Package
+    from pixi_deploy.pack.linking import DirectPackage
 
 #: A package's paths.json and payload position, or None when rattler must install it.
-Read = Callable[[rattler.RepoDataRecord, Archive], "_Package | None"]
+Read = Callable[[rattler.RepoDataRecord, Archive], "DirectPackage | None"]
 #: Called with a written package and its symlinks (path -> target, not made yet); False when
 #: the package was taken back out (for rattler), so its symlinks are not made either.
-Link = Callable[["_Package", Mapping[str, str]], bool]
+Link = Callable[["DirectPackage", Mapping[str, str]], bool]
 
 #: A cap, so that a 128-core login node does not start 128 writers against one file system
 #: (measured only up to 2 cores: the machines here have 2).
@@ -73,16 +77,17 @@ class _Job:
 
     archive: Archive
     payload_at: tuple[int, int] | None
+    payload_member: str
     declared_symlinks: frozenset[str]
     staging: str
 
 
-#: A job's outcome: ("written", symlinks) | ("unusual", None) | ("failed", exception)
+#: A job's outcome: ("written", symlinks) | ("failed", exception)
 _Result = tuple[str, Any]
 
 
 class PackageWriters:
-    """``with PackageWriters(...) as w: w.submit(...) ...; w.wait(); w.make_symlinks()``."""
+    """``with PackageWriters(...) as w: w.submit(...) ...; w.wait()``; then ``w.symlinks``."""
 
     def __init__(self, staging: Path, workers: int | None, read: Read, link: Link) -> None:
         """``workers``: how many payloads are written at once (default: one per usable core, up
@@ -90,10 +95,10 @@ class PackageWriters:
         self.staging = staging
         self.read = read
         self.link = link
-        self.packages: list[_Package] = []  # every package read (written or not)
+        self.packages: list[DirectPackage] = []  # every package read (written or not)
         self.unreadable: list[rattler.RepoDataRecord] = []  # for rattler
-        self.unusual: list[_Package] = []  # for tarfile, once the workers are done
-        self._symlinks: list[dict[str, str]] = []
+        self.symlinks: dict[str, str] = {}  # of every package linked: name -> target, not made
+        self.symlink_owners: dict[str, str] = {}  # name -> the package's file name
         self._todo: deque[tuple[rattler.RepoDataRecord, Archive]] = deque()
         self._workers: list[_Worker] = []
         try:
@@ -127,17 +132,8 @@ class PackageWriters:
             raise
         self._close(kill=False)
 
-    def make_symlinks(self) -> None:
-        for links in self._symlinks:
-            for path, target in links.items():
-                where = self.staging / path
-                where.parent.mkdir(parents=True, exist_ok=True)
-                if where.is_symlink() or where.is_file():
-                    where.unlink()
-                os.symlink(target, where)
-
     def _run(self) -> None:
-        sent: dict[_Worker, deque[_Package]] = {worker: deque() for worker in self._workers}
+        sent: dict[_Worker, deque[DirectPackage]] = {w: deque() for w in self._workers}
         while True:
             for _ in range(_AHEAD):  # round-robin, so the biggest packages go to different workers
                 for worker, queued in sent.items():
@@ -149,7 +145,7 @@ class PackageWriters:
             for worker in _ready([w for w, queued in sent.items() if queued]):
                 self._finish(sent[worker].popleft(), worker.receive())
 
-    def _next_package(self) -> _Package | None:
+    def _next_package(self) -> DirectPackage | None:
         while self._todo:
             record, archive = self._todo.popleft()
             package = self.read(record, archive)
@@ -160,14 +156,17 @@ class PackageWriters:
             return package
         return None
 
-    def _finish(self, package: _Package, result: _Result) -> None:
+    def _finish(self, package: DirectPackage, result: _Result) -> None:
         outcome, value = result
         if outcome == "failed":
+            if isinstance(value, UnsafeMember | UnusualMember):
+                raise type(value)(
+                    f"package {package.record.file_name}: {value.message}", value.hint
+                )
             raise value
-        if outcome == "unusual":
-            self.unusual.append(package)  # its partial files are removed before tarfile
-        elif self.link(package, value):
-            self._symlinks.append(value)
+        if self.link(package, value):
+            self.symlinks.update(value)
+            self.symlink_owners.update(dict.fromkeys(value, package.record.file_name))
 
     def _close(self, *, kill: bool) -> None:
         for worker in self._workers:
@@ -184,8 +183,14 @@ def default_workers() -> int:
     return max(1, min(MAX_WORKERS, usable))
 
 
-def _job(package: _Package, staging: Path) -> _Job:
-    return _Job(package.archive, package.payload_at, package.symlinks, str(staging))
+def _job(package: DirectPackage, staging: Path) -> _Job:
+    return _Job(
+        package.archive,
+        package.payload_at,
+        package.payload_member,
+        package.symlinks,
+        str(staging),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,21 +347,15 @@ def _perform(job: _Job, buffer: bytearray, sha256: Any) -> _Result:
     try:
         with mapped(job.archive) as data:
             check_digest(job.archive, data, sha256)
-            if job.payload_at is None:
-                return ("unusual", None)
+            if job.payload_at is None:  # a zip-compressed payload: streamed through zipfile
+                with (
+                    open_archive(job.archive) as source,
+                    zipfile.ZipFile(source) as zf,
+                    zf.open(job.payload_member) as stream,
+                ):
+                    return ("written", _extract(job, stream, buffer))
             offset, size = job.payload_at
-            symlinks: dict[str, str] = {}
-            extract_payload(
-                data[offset : offset + size],
-                job.staging,
-                declared_symlinks=job.declared_symlinks,
-                all_symlinks=(),  # none exist yet: make_symlinks() makes them
-                buffer=buffer,
-                symlinks_out=symlinks,
-            )
-            return ("written", symlinks)
-    except UnusualMember:
-        return ("unusual", None)
+            return ("written", _extract(job, data[offset : offset + size], buffer))
     except zstandard.ZstdError as error:
         return (
             "failed",
@@ -367,3 +366,13 @@ def _perform(job: _Job, buffer: bytearray, sha256: Any) -> _Result:
         )
     except Exception as error:
         return ("failed", error)
+
+
+def _extract(job: _Job, payload: Any, buffer: bytearray) -> dict[str, str]:
+    return extract_payload(
+        payload,
+        job.staging,
+        declared_symlinks=job.declared_symlinks,
+        all_symlinks=(),  # none exist yet: the caller makes them once every package is back
+        buffer=buffer,
+    )

@@ -21,7 +21,7 @@ _NAME = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 def check_name(name: str) -> str:
     """Deployment names become paths: allow `project/v2024.02`, refuse anything that escapes."""
-    if not _NAME.match(name) or any(part in (".", "..") for part in name.split("/")):
+    if not _NAME.fullmatch(name) or any(part in (".", "..") for part in name.split("/")):
         raise ConfigError(
             f"invalid deployment name '{name}'",
             "use letters, digits, '.', '_', '-' and '/' between parts, e.g. my-project/v2024.02",

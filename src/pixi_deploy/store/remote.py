@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixi_deploy.errors import StoreError
+from pixi_deploy.errors import PackError, StoreError
 from pixi_deploy.pack.direct import DeferredPayload
 from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import check_environment_path, lay_out_environment
 from pixi_deploy.progress import NullReporter, Reporter
-from pixi_deploy.scratch import prune_abandoned, scratch_folder
+from pixi_deploy.scratch import prune_abandoned
 from pixi_deploy.store import remote_scripts as sh
 from pixi_deploy.store.bundle import stream_bundle
 from pixi_deploy.store.groups import Plan, plan
@@ -44,7 +44,7 @@ from pixi_deploy.transport import (
     sh_c,
 )
 from pixi_deploy.transport.connection import _PLATFORMS
-from pixi_deploy.workspace import ResolvedEnvironment, Workspace
+from pixi_deploy.workspace import ResolvedEnvironment, Workspace, check_environment_name
 
 MAX_ATTEMPTS = 4
 #: Concurrent payload streams (each its own `zstd | tar -x` on the cluster).
@@ -227,9 +227,7 @@ class RemoteStore:
         """Under the cluster's lock; a dropped connection re-takes it and resumes the transfer."""
         key = resolved.short_hash
         final = self.layout.env(key)
-        with scratch_folder(
-            cache.root / "staging", STAGING_PREFIX, remove_in_background=True
-        ) as tmp:
+        with cache.scratch("staging", STAGING_PREFIX, remove_in_background=True) as tmp:
             prepared: _Prepared | None = None
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 lock = self.transport.iter_lines(["sh", "-c", sh.LOCK, "sh", self.base, key])
@@ -243,7 +241,11 @@ class RemoteStore:
                         metadata.reused = True
                         return metadata
                     if prepared is None:
-                        prepared = self._prepare(resolved, final, tmp, cache, reporter)
+                        try:
+                            prepared = self._prepare(resolved, final, tmp, cache, reporter)
+                        except PackError:  # a package refused: what was sent of it goes too
+                            self._run(sh.DISCARD, [self.base, key])
+                            raise
                     return self._send(resolved, prepared, reporter)
                 except ConnectionLostError:
                     if attempt == MAX_ATTEMPTS:
@@ -464,7 +466,9 @@ def _store_error_text(detail: str, base: str) -> StoreError:
 
 
 def _locked_linux_platforms(workspace: Workspace, environment: str | None) -> list[str]:
-    env_name = environment or workspace.config.get("environment") or "default"
+    env_name = check_environment_name(
+        environment or workspace.config.get("environment") or "default"
+    )
     locked = workspace.locked_environments().get(env_name)
     if locked is None:
         workspace.resolve(env_name, None)  # raises the clear "unknown environment" error

@@ -67,13 +67,16 @@ if [ "$3" = zstd ]; then zstd -dcq | tar -xf - -C "$inc"; else tar -xf - -C "$in
 # environment's pre-stage, as `tar -x` of a finished tree would be. After each package comes a
 # small tar of hard links, .pd-objects/<key>/<path> -> <path> (its object, for later
 # environments), then the marker .pd-staged/<key>: it arrived whole (a dropped connection
-# resumes from there).
+# resumes from there). Every payload was checked member by member before it was sent
+# (pack/untar.py); tar still takes no owner from it (the cluster user may be root) and masks
+# its modes with umask 022 (no world-writable, setuid or setgid file).
 # $1 = base, $2 = key
 RECEIVE_PAYLOADS = r"""
 set -eu
+umask 022
 inc="$1/objects/.incoming-$2"
 mkdir -p "$inc/stage"
-zstd -dcq | tar -x -i -f - -C "$inc/stage"
+zstd -dcq | tar -x -i --no-same-owner --no-same-permissions -f - -C "$inc/stage"
 """
 
 # Publish received groups, hard-link the environment together beside its final path, rename
@@ -91,6 +94,13 @@ trap 'rm -rf "$stage"' EXIT
 if [ -d "$inc/stage" ]; then
   rmdir "$stage"
   mv -T "$inc/stage" "$stage" 2>/dev/null || mkdir "$stage"
+  # checked before they were sent; checked again: no special file in a package, and none of
+  # the payloads' symlinks (the environment part below brings every declared one again), so
+  # nothing copied in below can be written through one
+  if [ -n "$(find "$stage" ! -type f ! -type d ! -type l -print -quit)" ]; then
+    rm -rf "$inc"; echo "refused: a package payload holds a special file" >&2; exit 4
+  fi
+  find "$stage" -type l -exec rm -f {} +
 fi
 if [ -d "$stage/.pd-objects" ]; then
   # one process for all: an object a concurrent deploy made already stays as it is
@@ -128,6 +138,12 @@ if ! mv -T "$stage" "$base/envs/$key" 2>/dev/null; then
   [ -f "$base/envs/$key/deployment_metadata.json" ] || { echo "cannot publish $key" >&2; exit 4; }
 fi
 rm -rf "$inc"
+"""
+
+# Throw away what a refused deploy sent (under its lock): a package checked while it was being
+# laid out turned out to be hostile or broken.  $1 = base, $2 = key
+DISCARD = r"""
+rm -rf "$1/objects/.incoming-$2"
 """
 
 # Point a name at an environment, atomically.  $1 = base, $2 = name, $3 = relative target
