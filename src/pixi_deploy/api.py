@@ -18,7 +18,9 @@ environment variables the README names), and returns data rather than printing::
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -358,6 +360,11 @@ def submit(
     resources: JobResources | None = None,
     job_name: str = "pixi-deploy",
     array: str | None = None,
+    dependency: str | None = None,
+    after: Sequence[Job | str] = (),
+    files: Mapping[str, bytes] | None = None,
+    env: Mapping[str, str] | None = None,
+    environment_path: str | None = None,
     deployment: PathLike | None = None,
     manifest_path: PathLike | None = None,
     environment: str | None = None,
@@ -369,11 +376,17 @@ def submit(
     transport: Transport | None = None,
 ) -> Job:
     """Run ``command`` as a Slurm job in the deployed environment (deployed first when
-    needed); returns the :class:`~pixi_deploy.slurm.Job` to wait on, follow or cancel."""
+    needed); returns the :class:`~pixi_deploy.slurm.Job` to wait on, follow or cancel.
+
+    ``dependency`` is Slurm's ``--dependency`` (``afterok:12:13``...); ``after=[job, ...]``
+    adds ``afterok`` on those jobs, so pipelines run in order (a job whose dependency can
+    never be met ends as CANCELLED, reason DependencyNeverSatisfied, rather than pending
+    forever). ``files`` land in the job's run folder; ``environment_path`` names an
+    environment already on the cluster (from an earlier deploy) and skips the deploy check."""
     from pixi_deploy.slurm.spec import JobResources, JobSpec
 
     transport = transport or _transport()
-    env_path = environment_on_cluster(
+    env_path = environment_path or environment_on_cluster(
         deployment=deployment,
         manifest_path=manifest_path,
         environment=environment,
@@ -390,12 +403,35 @@ def submit(
         name=job_name,
         resources=resources or JobResources(),
         array=array,
+        dependency=_dependency(dependency, after),
+        files=dict(files or {}),
+        env=dict(env or {}),
     )
     return slurm_client(transport).submit(spec)
 
 
+def _dependency(dependency: str | None, after: Sequence[Job | str]) -> str | None:
+    from pixi_deploy.slurm.spec import check_dependency, dependency_on
+
+    parts = [check_dependency(dependency)] if dependency else []
+    if after:
+        parts.append(dependency_on(list(after)))
+    if any("?" in part for part in parts) and len(parts) > 1:
+        raise ConfigError(
+            "`after` cannot be combined with a dependency joined by `?` (any of)",
+            "write the whole dependency in `dependency`",
+        )
+    return ",".join(parts) or None
+
+
+_CLIENTS: weakref.WeakKeyDictionary[Transport, dict[str, Any]] = weakref.WeakKeyDictionary()
+_CLIENTS_LOCK = threading.Lock()
+
+
 def slurm_client(transport: Transport | None = None) -> Any:
-    """A :class:`~pixi_deploy.slurm.SlurmClient` for the cluster, its runs under the base path."""
+    """The :class:`~pixi_deploy.slurm.SlurmClient` for the cluster, its runs under the base
+    path: one per connection and base, so that every job a process follows shares one
+    squeue poller (a thousand waiting jobs cost one squeue per interval, not a thousand)."""
     from pixi_deploy.slurm.client import SlurmClient
 
     transport = transport or _transport()
@@ -405,7 +441,11 @@ def slurm_client(transport: Transport | None = None) -> Any:
             "SLURM_DEPLOYMENT_BASE_PATH is not set",
             "set it to a folder on the cluster, e.g. ~/pixi-deploy",
         )
-    return SlurmClient(transport, base)
+    with _CLIENTS_LOCK:
+        clients = _CLIENTS.setdefault(transport, {})
+        if base not in clients:
+            clients[base] = SlurmClient(transport, base)
+        return clients[base]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pixi_deploy.transport import quoting
 
-from .bash import command_text
+from .bash import signal_name, start_in_background
 
 if TYPE_CHECKING:
     from pixi_deploy.slurm.spec import JobSpec
@@ -189,6 +189,7 @@ class RayLauncher:
         picker = f'python - {q(self.claims_dir)} "$1" {len(_SINGLE_PORTS)} {int(self.worker_ports)}'
         return f"""
 # ---- pixi-deploy RayLauncher ----
+__ray_t0=$(date +%s%N)
 __ray_pick() {{
 {picker} <<'__PD_PICKER__'
 {_PICKER}
@@ -234,8 +235,8 @@ __ray_gcs_port={int(self.head_port) if self.head_port else "$__rp_0"}
 export RAY_ADDRESS="$__ray_ip:$__ray_gcs_port"
 if [ "$__ray_nodes" -gt 1 ]; then
   export __PD_RAY_PICK_CMD="$(declare -f __ray_pick)"
-  setsid srun --overlap --nodes=$(( __ray_nodes - 1 )) --ntasks=$(( __ray_nodes - 1 )) \\
-    --ntasks-per-node=1 --exclude="${{SLURMD_NODENAME:-$(hostname)}}" bash -c '
+  setsid srun --overlap --kill-on-bad-exit=1 --nodes=$(( __ray_nodes - 1 )) \\
+    --ntasks=$(( __ray_nodes - 1 )) --ntasks-per-node=1 --exclude="${{SLURMD_NODENAME:-$(hostname)}}" bash -c '
     eval "$__PD_RAY_PICK_CMD"
     read -r {ports} __rp_wmin __rp_wmax <<EOF
 $(__ray_pick $$)
@@ -249,6 +250,40 @@ fi
 python - "$RAY_ADDRESS" "$__ray_nodes" {self.wait_timeout:g} "$__ray_head" <<'__PD_WAIT__' || exit 98
 {_WAIT}
 __PD_WAIT__
-# ---- the driver ----
-{command_text(spec)}
+printf 'pixi-deploy: Ray is up on %s node(s) after %s ms; starting the driver\\n' \\
+  "$__ray_nodes" "$(( ($(date +%s%N) - __ray_t0) / 1000000 ))" >&2
+# ---- the driver, watched: a Ray node that stops ends the job instead of hanging it ----
+{self._driver(spec)}"""
+
+    @staticmethod
+    def _driver(spec: JobSpec) -> str:
+        """The driver in the background, and a loop that wakes whenever a child exits
+        (SIGCHLD interrupts ``wait``) or every second: the job's exit status is the
+        driver's, unless the head or the worker step (``srun --kill-on-bad-exit``: one
+        worker's ``ray start --block`` exiting ends it) stopped first, then it is 98. A
+        ``--signal`` before the time limit is handed on to the driver."""
+        start, target = start_in_background(spec)
+        signal = signal_name(spec)
+        forward = ""
+        if signal is not None:
+            forward = f"trap 'kill -s {signal} {target} 2>/dev/null' {signal}\n"
+        return f"""{start}__ray_driver=$__pd_child
+{forward}trap : CHLD
+while kill -0 "$__ray_driver" 2>/dev/null; do
+  __ray_lost=
+  kill -0 "$__ray_head" 2>/dev/null || __ray_lost="the Ray head on $(hostname)"
+  if [ -n "$__ray_workers" ] && ! kill -0 "$__ray_workers" 2>/dev/null; then
+    __ray_lost="a Ray worker node (its ray start or srun step ended)"
+  fi
+  if [ -n "$__ray_lost" ]; then
+    printf 'pixi-deploy: %s stopped while the driver ran; stopping the driver\\n' "$__ray_lost" >&2
+    kill -TERM {target} 2>/dev/null
+    exit 98
+  fi
+  sleep 1 & __ray_tick=$!
+  wait "$__ray_tick" 2>/dev/null
+  kill "$__ray_tick" 2>/dev/null
+done
+trap - CHLD
+wait "$__ray_driver"
 """

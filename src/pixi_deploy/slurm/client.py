@@ -130,6 +130,15 @@ class SlurmClient:
     def status(self, job_id: str) -> JobStatus:
         return self.states([job_id]).get(job_id) or states.unknown(job_id)
 
+    def failed_nodes(self, nodes: str) -> str:
+        """Which of ``nodes`` (a hostlist) are down or not responding now, with Slurm's
+        reason: ``node2 (node crashed)``; empty if none is (or sinfo cannot tell)."""
+        try:
+            out = self.transport.run_script(remote.NODE_STATES, [nodes], check=False).stdout
+        except TransportError:
+            return ""
+        return states.failed_nodes(out)
+
     def cancel(self, job_id: str) -> None:
         """scancel; cancelling a job that already ended is not an error."""
         result = self.transport.run(["scancel", str(job_id)], check=False)

@@ -9,6 +9,7 @@ every line arrives exactly once even across reconnects.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 LineCallback = Callable[[str], object]
 TAIL_BYTES = 64 * 1024
+# stdout.log, stdout-12_3.log (array task), stdout.attempt-1.log (a requeued job's rerun)
+_LOG_NAME = re.compile(r"(stdout|stderr)(?:-[0-9]+_([0-9]+))?(?:\.attempt-([0-9]+))?\.log\Z")
 
 
 class Job:
@@ -64,19 +67,44 @@ class Job:
         self.client.cancel(self.id)
 
     def logs(self) -> tuple[str, str]:
-        """The whole stdout and stderr (an array's tasks one after another)."""
+        """The whole stdout and stderr (an array's tasks, a requeued job's attempts one after
+        another)."""
         return self._read_logs(0)
 
+    def attempts(self) -> list[tuple[str, str]]:
+        """stdout and stderr of each attempt of a requeued job, first run first (a job that
+        ran once has one). Slurm's own messages about an attempt's end (e.g. the node
+        failure) land in the first attempt's files."""
+        by_attempt: dict[int, list[str]] = {}
+        for (_, attempt, name), body in self._log_chunks(0):
+            pair = by_attempt.setdefault(attempt, ["", ""])
+            pair[0 if name == "stdout" else 1] += body
+        return [(out, err) for _, (out, err) in sorted(by_attempt.items())]
+
     def _read_logs(self, max_bytes: int, cleanup: bool = False) -> tuple[str, str]:
+        stdout: list[str] = []
+        stderr: list[str] = []
+        for (_, _, name), body in self._log_chunks(max_bytes, cleanup):
+            (stdout if name == "stdout" else stderr).append(body)
+        return "".join(stdout), "".join(stderr)
+
+    def _log_chunks(
+        self, max_bytes: int, cleanup: bool = False
+    ) -> list[tuple[tuple[int, int, str], str]]:
+        """The run folder's log files as ((task, attempt, stream), text), in task then
+        attempt order (the shell's glob would put ``stdout.attempt-1.log`` first)."""
         out = self.client.transport.run_script(
             remote.TAILS, [self.run_dir, str(max_bytes), "1" if cleanup else "0"], check=False
         ).stdout
-        stdout: list[str] = []
-        stderr: list[str] = []
+        chunks = []
         for chunk in out.split("\036")[1:]:
             name, _, body = chunk.partition("\n")
-            (stdout if name.startswith("stdout") else stderr).append(body)
-        return "".join(stdout), "".join(stderr)
+            match = _LOG_NAME.match(name)
+            if match is None:
+                continue
+            stream, task, attempt = match.group(1), match.group(2), match.group(3)
+            chunks.append(((int(task or -1), int(attempt or 0), stream), body))
+        return sorted(chunks, key=lambda item: item[0])
 
     def result(self, status: JobStatus | None = None) -> JobResult:
         """The result of an ended job (raises if it has not ended yet)."""
@@ -84,7 +112,10 @@ class Job:
         if not status.final:
             raise SchedulerError(f"job {self.id} has not ended yet ({status.state})")
         out, err = self._read_logs(TAIL_BYTES, cleanup=True)
-        return states.to_result(status, out, err, mem=self.mem, time_limit=self.time_limit)
+        result = states.to_result(status, out, err, mem=self.mem, time_limit=self.time_limit)
+        if result.state == "NODE_FAIL" and result.nodes:
+            result.failed_nodes = self.client.failed_nodes(result.nodes)
+        return result
 
     def wait(
         self,
@@ -128,6 +159,13 @@ class Job:
                     if follower is not None:
                         follower.finish()
                     return self.result(status)
+                if status.pending and status.reason == "DependencyNeverSatisfied":
+                    # the cluster keeps such jobs (no kill_invalid_depend): it never runs
+                    self.cancel()
+                    out, err = self._read_logs(TAIL_BYTES, cleanup=True)
+                    return JobResult(
+                        self.id, "CANCELLED", None, None, status.reason, out, err, self.mem
+                    )
                 if (
                     timeout is not None
                     and running_since is not None

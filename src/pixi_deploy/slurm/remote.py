@@ -61,7 +61,7 @@ for id in $(printf '%s' "$ids" | tr ',' ' '); do
 done
 [ -n "$ended" ] || exit 0
 if [ "$use_sacct" = 1 ]; then
-  sacct -n -P -X -j "$(echo $ended | tr ' ' ',')" -o JobID,State,ExitCode,Reason 2>/dev/null
+  sacct -n -P -X -j "$(echo $ended | tr ' ' ',')" -o JobID,State,ExitCode,Reason,NodeList 2>/dev/null
 fi
 printf '\035\n'
 for id in $ended; do
@@ -103,4 +103,11 @@ tail -n "+$3" -s 0.2 -F -- "$1" 2>/dev/null & a=$!
 tail -n "+$4" -s 0.2 -F -- "$2" >&2 2>/dev/null & b=$!
 trap 'kill $a $b 2>/dev/null; exit 0' TERM INT HUP
 wait
+"""
+
+# Nodes of a job that are down, drained, failed or not responding, for a NODE_FAIL result.
+# $1 = hostlist (e.g. node[1-2])
+NODE_STATES = r"""
+sinfo -h -N -n "$1" -o '%N|%T|%E' 2>/dev/null
+true
 """
