@@ -31,10 +31,13 @@ class SlurmClient:
         *,
         use_sacct: bool | None = None,
         poll_interval: float = 0.5,
+        array_poll_interval: float = 1.0,
     ) -> None:
         self.transport = transport
         self.base = transport.expand_path(base_path).rstrip("/") or "/"
         self.poll_interval = poll_interval
+        # while an array is followed: one squeue for all its tasks at most this often
+        self.array_poll_interval = array_poll_interval
         self._use_sacct = use_sacct
         self._jobcomp: str | None = None
         self._probed = False
@@ -204,11 +207,14 @@ class _Poller:
         self.generation = 0
         self.error: BaseException | None = None
         self._watched: dict[str, int] = {}
+        self._arrays: set[str] = set()
         self._thread: threading.Thread | None = None
 
-    def watch(self, job_id: str) -> None:
+    def watch(self, job_id: str, array: bool = False) -> None:
         with self.changed:
             self._watched[job_id] = self._watched.get(job_id, 0) + 1
+            if array:
+                self._arrays.add(job_id)
             if self._thread is None or not self._thread.is_alive():
                 self.error = None
                 self._thread = threading.Thread(
@@ -221,6 +227,7 @@ class _Poller:
             count = self._watched.get(job_id, 0) - 1
             if count <= 0:
                 self._watched.pop(job_id, None)
+                self._arrays.discard(job_id)
                 self.latest.pop(job_id, None)
             else:
                 self._watched[job_id] = count
@@ -233,6 +240,9 @@ class _Poller:
                 if not ids:
                     self._thread = None
                     return
+                interval = self.client.poll_interval
+                if self._arrays:
+                    interval = max(interval, self.client.array_poll_interval)
             started = time.monotonic()
             try:
                 found = self.client.states(ids)
@@ -255,4 +265,4 @@ class _Poller:
                 self.latest.update(found)
                 self.generation += 1
                 self.changed.notify_all()
-            time.sleep(max(0.0, self.client.poll_interval - (time.monotonic() - started)))
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))

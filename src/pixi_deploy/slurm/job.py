@@ -13,7 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pixi_deploy.errors import SchedulerError, TransportError
 from pixi_deploy.transport import sh_c
@@ -25,9 +25,53 @@ if TYPE_CHECKING:
     from .client import SlurmClient
 
 LineCallback = Callable[[str], object]
+T = TypeVar("T")
 TAIL_BYTES = 64 * 1024
 # stdout.log, stdout-12_3.log (array task), stdout.attempt-1.log (a requeued job's rerun)
 _LOG_NAME = re.compile(r"(stdout|stderr)(?:-[0-9]+_([0-9]+))?(?:\.attempt-([0-9]+))?\.log\Z")
+
+
+def log_order(name: str) -> tuple[int, int, str] | None:
+    """(array task, attempt, "stdout"/"stderr") of a run folder's log file name, for sorting;
+    None for other files."""
+    match = _LOG_NAME.match(name)
+    if match is None:
+        return None
+    return int(match.group(2) or -1), int(match.group(3) or 0), match.group(1)
+
+
+def follow(
+    client: SlurmClient,
+    job_id: str,
+    decide: Callable[[JobStatus], T | None],
+    *,
+    array: bool = False,
+    timeout: float | None = None,
+) -> T:
+    """Wait on the client's shared poller until ``decide(status)`` returns something; a
+    ``timeout`` (seconds of waiting) raises TimeoutError and leaves the job alone."""
+    poller = client.poller
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = -1
+    poller.watch(job_id, array=array)
+    try:
+        while True:
+            with poller.changed:
+                if poller.generation == seen and poller.error is None:
+                    poller.changed.wait(0.1)
+                if poller.error is not None:
+                    raise poller.error
+                status = poller.latest.get(job_id)
+                fresh = poller.generation != seen
+                seen = poller.generation
+            if status is not None and fresh:
+                outcome = decide(status)
+                if outcome is not None:
+                    return outcome
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} did not end within {timeout:g}s")
+    finally:
+        poller.unwatch(job_id)
 
 
 class Job:
@@ -99,11 +143,9 @@ class Job:
         chunks = []
         for chunk in out.split("\036")[1:]:
             name, _, body = chunk.partition("\n")
-            match = _LOG_NAME.match(name)
-            if match is None:
-                continue
-            stream, task, attempt = match.group(1), match.group(2), match.group(3)
-            chunks.append(((int(task or -1), int(attempt or 0), stream), body))
+            key = log_order(name)
+            if key is not None:
+                chunks.append((key, body))
         return sorted(chunks, key=lambda item: item[0])
 
     def result(self, status: JobStatus | None = None) -> JobResult:
@@ -136,7 +178,7 @@ class Job:
         follower: _Follower | None = None
         running_since: float | None = None
         seen = -1
-        poller.watch(self.id)
+        poller.watch(self.id, array=self.array)
         try:
             while True:
                 with poller.changed:
