@@ -90,16 +90,11 @@ class Executor:
         self.array_parallelism = array_parallelism
         self.dependency: str | None = None
         self.after: list[Job | FunctionJob | str] = []
-        self._request = {
-            "manifest_path": manifest_path,
-            "environment": environment,
-            "platform": platform,
-            "deployment": deployment,
-            "cache_dir": cache_dir,
-            "inject": tuple(inject),
-            "build_sdists": build_sdists,
-            "reporter": reporter,
-        }
+        self._request = api.EnvironmentRequest(
+            manifest_path, environment, platform, cache_dir, tuple(inject), build_sdists
+        )
+        self._deployment = deployment
+        self._reporter = reporter
         self._transport = transport
         self._env_path: str | None = None
         self._lock = threading.Lock()
@@ -202,7 +197,18 @@ class Executor:
         checked for a python of this interpreter's version with cloudpickle."""
         with self._lock:
             if self._env_path is None:
-                path = api.environment_on_cluster(transport=self.transport, **self._request)
+                r = self._request
+                path = api.environment_on_cluster(
+                    deployment=self._deployment,
+                    manifest_path=r.manifest_path,
+                    environment=r.environment,
+                    platform=r.platform,
+                    cache_dir=r.cache_dir,
+                    inject=r.inject,
+                    build_sdists=r.build_sdists,
+                    reporter=self._reporter,
+                    transport=self.transport,
+                )
                 self._check_python(path)
                 self._env_path = path
             return self._env_path
@@ -264,8 +270,10 @@ _BY_VALUE_LOCK = threading.Lock()
 
 def _local_modules(obj: Any) -> list[Any]:
     name = getattr(obj, "__module__", None)
-    module = sys.modules.get(name) if isinstance(name, str) else None
-    if module is None or name in ("__main__", "builtins") or name.startswith("pixi_deploy"):
+    if not isinstance(name, str) or name in ("__main__", "builtins"):
+        return []
+    module = sys.modules.get(name)
+    if module is None or name.startswith("pixi_deploy"):
         return []
     path = getattr(module, "__file__", None)
     if not path:
