@@ -136,6 +136,8 @@ class SlurmClient:
     def failed_nodes(self, nodes: str) -> str:
         """Which of ``nodes`` (a hostlist) are down or not responding now, with Slurm's
         reason: ``node2 (node crashed)``; empty if none is (or sinfo cannot tell)."""
+        if not nodes.strip(","):
+            return ""
         try:
             out = self.transport.run_script(remote.NODE_STATES, [nodes], check=False).stdout
         except TransportError:
@@ -170,13 +172,25 @@ def _detail(
     late, task by task for arrays, so it counts only when it covers every row squeue still
     shows), else scontrol (until MinJobAge) or the jobcomp file."""
     status = states.combine(job_id, sacct_rows)
+    allocation = status.nodes if status is not None else ""
     known = states.rows_for(job_id, squeue_rows)
     if status is not None and status.final and all(k in sacct_rows or "[" in k for k in known):
-        return status
+        return _keep_facts(status, squeue, allocation)
     status = states.combine(job_id, scontrol_rows)
     if status is not None and status.final:
-        return status
+        return _keep_facts(status, squeue, allocation)
     return squeue if squeue is not None else states.unknown(job_id)
+
+
+def _keep_facts(status: JobStatus, squeue: JobStatus | None, allocation: str) -> JobStatus:
+    """sacct often has no reason (``None``) where squeue has Slurm's own, e.g.
+    DependencyNeverSatisfied for a job Slurm cancelled: keep squeue's reason. The nodes are
+    the allocation's as sacct recorded it: after a node failure squeue and scontrol may list
+    only the nodes that are left."""
+    if squeue is not None and not status.reason and squeue.reason not in ("", "None"):
+        status.reason = squeue.reason
+    status.nodes = allocation or status.nodes or (squeue.nodes if squeue else "")
+    return status
 
 
 def submit_error(error: RemoteCommandError, spec: JobSpec) -> SchedulerError:

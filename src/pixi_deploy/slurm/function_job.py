@@ -238,6 +238,7 @@ class FunctionJob:
             return self._ended
 
         def decide(status: JobStatus) -> JobStatus | None:
+            self.job.note(status)
             return status if status.final or status.state == "UNKNOWN" else None
 
         status = follow(self.job.client, self.job.id, decide, timeout=timeout)
@@ -245,8 +246,8 @@ class FunctionJob:
         result = states.to_result(
             status, out, err, mem=self.job.mem, time_limit=self.job.time_limit
         )
-        if result.state == "NODE_FAIL" and result.nodes:
-            result.failed_nodes = self.job.client.failed_nodes(result.nodes)
+        if result.state == "NODE_FAIL":
+            result.failed_nodes = self.job.failed_nodes(result)
         self._ended = result
         return result
 

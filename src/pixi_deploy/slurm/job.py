@@ -92,6 +92,20 @@ class Job:
         self.array = array
         self.mem = resources.mem if resources else None
         self.time_limit = resources.time if resources else None
+        # every node list Slurm showed for the job while it ran: a node that fails may be
+        # dropped from the job's list by the time the job ends
+        self.nodes_seen: list[str] = []
+
+    def note(self, status: JobStatus) -> None:
+        """Remember where the job runs (called with each status a waiter sees)."""
+        if status.nodes and status.nodes not in self.nodes_seen:
+            self.nodes_seen.append(status.nodes)
+
+    def failed_nodes(self, result: JobResult) -> str:
+        """For a NODE_FAIL result: which of the job's nodes are down now, with Slurm's
+        reason (one sinfo call)."""
+        known = [*self.nodes_seen, result.nodes]
+        return self.client.failed_nodes(",".join(n for n in known if n))
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, run_dir={self.run_dir!r})"
@@ -105,7 +119,9 @@ class Job:
         return f"{self.run_dir}/stderr.log"
 
     def status(self) -> JobStatus:
-        return self.client.status(self.id)
+        status = self.client.status(self.id)
+        self.note(status)
+        return status
 
     def cancel(self) -> None:
         self.client.cancel(self.id)
@@ -155,8 +171,8 @@ class Job:
             raise SchedulerError(f"job {self.id} has not ended yet ({status.state})")
         out, err = self._read_logs(TAIL_BYTES, cleanup=True)
         result = states.to_result(status, out, err, mem=self.mem, time_limit=self.time_limit)
-        if result.state == "NODE_FAIL" and result.nodes:
-            result.failed_nodes = self.client.failed_nodes(result.nodes)
+        if result.state == "NODE_FAIL":
+            result.failed_nodes = self.failed_nodes(result)
         return result
 
     def wait(
@@ -193,6 +209,7 @@ class Job:
                     follower.deliver()
                 if status is None or not fresh:
                     continue
+                self.note(status)
                 if (status.running or status.final) and running_since is None:
                     running_since = time.monotonic()
                     if (on_stdout or on_stderr) and not self.array:
