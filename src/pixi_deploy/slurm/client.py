@@ -31,12 +31,13 @@ class SlurmClient:
         *,
         use_sacct: bool | None = None,
         poll_interval: float = 0.5,
-        array_poll_interval: float = 1.0,
+        array_poll_interval: float = 1.2,
     ) -> None:
         self.transport = transport
         self.base = transport.expand_path(base_path).rstrip("/") or "/"
         self.poll_interval = poll_interval
-        # while an array is followed: one squeue for all its tasks at most this often
+        # while an array is followed: one squeue for all its tasks at most this often (a big
+        # array makes each call costly for slurmctld; 1.2 s keeps it below one per second)
         self.array_poll_interval = array_poll_interval
         self._use_sacct = use_sacct
         self._jobcomp: str | None = None

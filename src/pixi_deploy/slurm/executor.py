@@ -64,7 +64,9 @@ class Executor:
     task learning its rank from :class:`~pixi_deploy.slurm.JobEnvironment`. ``deployment``
     names a deployment_metadata.json of an environment already on the cluster instead of a
     workspace. The cluster comes from ``transport`` (default: the process's connection from
-    ``SLURM_EDGE_NODE_*``), runs live under its base path.
+    ``SLURM_EDGE_NODE_*``), runs live under its base path. ``poll_interval`` is how often
+    waiting jobs are looked up (one squeue for all of them; an array's tasks at most once
+    per ``SlurmClient.array_poll_interval``).
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class Executor:
         name: str = "pixi-deploy-function",
         python: str = "python",
         array_parallelism: int | None = None,
+        poll_interval: float = 0.5,
         transport: Transport | None = None,
         cache_dir: api.PathLike | None = None,
         inject: Sequence[api.PathLike] = (),
@@ -88,6 +91,7 @@ class Executor:
         self.name = name
         self.python = python
         self.array_parallelism = array_parallelism
+        self.poll_interval = poll_interval
         self.dependency: str | None = None
         self.after: list[Job | FunctionJob | str] = []
         self._request = api.EnvironmentRequest(
@@ -175,7 +179,7 @@ class Executor:
         if self._task_count() > 1 or (self.resources.nodes or 1) > 1:
             command = ["srun", "--kill-on-bad-exit=1", *command]
         after = [getattr(job, "job", job) for job in self.after]
-        return api.submit(
+        job = api.submit(
             command,
             resources=dataclasses.replace(self.resources),
             job_name=self.name,
@@ -186,6 +190,9 @@ class Executor:
             environment_path=env_path,
             transport=self.transport,
         )
+        # the process's shared client: asking for faster polling speeds up every waiter
+        job.client.poll_interval = min(job.client.poll_interval, self.poll_interval)
+        return job
 
     def _task_count(self) -> int:
         r = self.resources

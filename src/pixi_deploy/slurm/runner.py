@@ -63,11 +63,11 @@ def install_job_environment(run_dir: str) -> None:
 
 
 def _write(path: str, data: bytes) -> None:
+    """All or nothing (rename); no fsync: the reader needs the file visible once this
+    process has closed it (close-to-open, also on NFS), not on disk after a power cut."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as out:
         out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
     os.replace(tmp, path)
 
 
