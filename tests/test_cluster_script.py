@@ -339,6 +339,19 @@ def test_stop_then_start_again(
     assert str(ssh_run(c, "squeue -h -o %i").stdout).strip() == ""
     job_id = sbatch(c, "--output=/dev/null", wrap="true")
     assert job_state(c, job_id)["JobState"] == "COMPLETED"
-    if nodes:  # leave the nodes running for the rest of the session, as they were
-        again = cluster_script.run("start", "--nodes", str(len(nodes)))
-        assert again.returncode == 0, again.stderr
+    # a controller started by an older script (no FUTURE nodes in its config; here: its
+    # layout record removed) is restarted to add nodes, briefly: jobs and sshd live on
+    (run_dir / "slurmctld.layout").unlink()
+    sshd_pid = (run_dir / "sshd.pid").read_text()
+    ctld_pid = (run_dir / "slurmctld.pid").read_text()
+    long_job = sbatch(c, "--output=/dev/null", wrap="sleep 120")
+    upgrade = cluster_script.run("start", "--nodes", str(max(len(nodes), 3)))
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert "restarting slurmctld" in upgrade.stderr
+    assert (run_dir / "slurmctld.pid").read_text() != ctld_pid
+    assert (run_dir / "sshd.pid").read_text() == sshd_pid
+    state = str(ssh_run(c, f"squeue -h -j {long_job} -o %T").stdout).strip()
+    assert state in ("RUNNING", "PENDING"), state  # the job survived the restart
+    out = ssh_run(c, "srun -p multi -N3 hostname")
+    assert len(set(str(out.stdout).split())) == 3
+    ssh_run(c, f"scancel {long_job}")
