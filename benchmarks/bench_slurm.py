@@ -21,8 +21,8 @@ other test session's jobs queue.
 * a --array-task ``Executor.map_array`` followed to its last result from one process: squeue
   calls per second (goal <= 1), SSH connections (goal 1), wall time vs a bare
   ``sbatch --array`` followed by squeue polling; CPU time and peak RSS of this process.
-* --jobs concurrent runs from one process (one thread each): SSH connections (goal 1),
-  squeue calls per second, CPU time and peak RSS.
+* --jobs concurrent runs from one process (one thread each, partition multi): SSH
+  connections (goal 1), squeue calls per second, CPU time and peak RSS.
 
     python benchmarks/bench_slurm.py [--repeat 10] [--jobs 200] [--array 1000] [--no-ray]
 """
@@ -209,14 +209,15 @@ def array_follow(executor: Executor, bare: Bare, partition: str, size: int) -> d
     return stats
 
 
-def concurrent(transport: Transport, base: str, jobs: int) -> dict[str, float]:
+def concurrent(transport: Transport, base: str, jobs: int, partition: str) -> dict[str, float]:
     client = SlurmClient(transport, base, poll_interval=0.5)
+    resources = JobResources(partition=partition)
     before = transport.stats.connections_opened
     ok = [0]
     lock = threading.Lock()
 
     def one() -> None:
-        result = client.submit(JobSpec(command=["true"])).wait()
+        result = client.submit(JobSpec(command=["true"], resources=resources)).wait()
         with lock:
             ok[0] += result.ok
 
@@ -362,7 +363,7 @@ def run(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> list[tuple
                     "goal <= 5 s",
                 ),
             ]
-        c = concurrent(transport, base, args.jobs)
+        c = concurrent(transport, base, args.jobs, partition)
         rows += [
             (f"{args.jobs} concurrent runs: wall time", f"{c['elapsed']:.1f} s", f"{c['ok']}/{args.jobs} ok"),
             (f"{args.jobs} concurrent runs: SSH connections opened", str(c["connections"]), "goal 0 (reused)"),

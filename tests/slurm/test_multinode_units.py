@@ -188,3 +188,31 @@ def test_ray_launcher_script_fails_fast_when_a_node_goes(tmp_path: Path) -> None
     assert done.returncode == 98, done
     assert "a Ray worker node" in done.stderr and "stopping the driver" in done.stderr
     assert time.monotonic() - started < 50  # it did not wait for the driver's minute
+
+
+def test_executor_parameters_take_submitit_names() -> None:
+    from pixi_deploy.errors import ConfigError
+    from pixi_deploy.slurm import Executor
+
+    executor = Executor(resources=JobResources(cpus_per_task=2))  # connects to nothing yet
+    executor.update_parameters(
+        timeout_min=60, mem_gb=1.5, tasks_per_node=2, slurm_partition="cpu", nodes=2, name="x"
+    )
+    r = executor.resources
+    assert (r.time, r.mem, r.ntasks_per_node, r.partition, r.nodes, r.cpus_per_task) == (
+        "60",
+        "1536M",
+        2,
+        "cpu",
+        2,
+        2,
+    )
+    assert executor.name == "x"
+    executor.update_parameters(after=["12"], dependency="afterany:3", slurm_array_parallelism=4)
+    assert (executor.after, executor.dependency, executor.array_parallelism) == (
+        ["12"],
+        "afterany:3",
+        4,
+    )
+    with pytest.raises(ConfigError, match="unknown Executor parameter 'walltime'"):
+        executor.update_parameters(walltime=5)
