@@ -13,7 +13,8 @@ other test session's jobs queue.
 * multi-node submit -> done: a 2-node job running ``srun true`` vs the same bare.
 * a step in a SlurmSession: session.run -> first output line, and -> end. Goal <= 0.5 s.
 * ``Executor.submit`` of a trivial function -> ``result()`` (pickles up, python + cloudpickle
-  on the node, result file back) vs ``sbatch --wrap true``. Goal <= 1.3x.
+  on the node, result file back) vs ``sbatch --wrap true``. Goal <= 1.3x. Shown too: a bare
+  sbatch of ``python3 -c 'import pickle'``, i.e. what starting Python on the node costs.
 * a 2-node Ray job's start-up, allocation granted -> driver running: the RayLauncher's own
   reading (launcher start -> Ray up, ms), and Slurm's StartTime -> the driver's first line
   after ``ray.init()`` (StartTime has 1 s resolution; a plain 2-node job measured the same way
@@ -313,12 +314,21 @@ def run(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> list[tuple
                 lambda: bare.sbatch(f"-p {partition} --wrap true"),
                 lambda: timed(lambda: executor.submit(noop, 1).result()),
             )
+            py = statistics.median(
+                bare.sbatch(f"-p {partition} --wrap \"python3 -c 'import pickle'\"")
+                for _ in range(args.repeat)
+            )
             rows += [
                 ("bare sbatch + squeue polling, partition multi", f"{b:.3f} s", ""),
                 (
                     "Executor.submit(trivial) -> result()",
                     f"{m:.3f} s",
                     f"{m / b:.2f}x, paired {p:.2f}x (<= 1.3x)",
+                ),
+                (
+                    "bare sbatch of python3 -c 'import pickle' (where time goes)",
+                    f"{py:.3f} s",
+                    f"Executor {m / py:.2f}x of it",
                 ),
             ]
             if args.array:
