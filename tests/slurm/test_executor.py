@@ -134,6 +134,26 @@ def test_two_nodes_four_tasks_get_their_ranks(executor: Executor, multi_node_clu
     assert job.result(timeout=10) == results[0]  # rank 0's, as submitit
 
 
+def write_marker(path: str) -> str:
+    with open(path, "w") as out:
+        out.write("first was here")
+    return "written"
+
+
+def read_marker(path: str) -> str:
+    with open(path) as marker:  # fails unless the first job ran before
+        return marker.read()
+
+
+def test_after_runs_functions_in_order(executor: Executor, executor_transport) -> None:
+    path = f"{executor_transport.base_path}/marker-{uuid.uuid4().hex[:6]}"
+    first = executor.submit(write_marker, path)
+    executor.update_parameters(after=[first])
+    second = executor.submit(read_marker, path)
+    assert second.result(timeout=300) == "first was here"
+    assert first.result(timeout=10) == "written"
+
+
 def test_cancel(executor: Executor) -> None:
     job = executor.submit(sleeper, 600)
     deadline = time.monotonic() + 300

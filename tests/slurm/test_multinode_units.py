@@ -140,6 +140,9 @@ def test_array_tracker_sees_ended_pending_and_forgotten_tasks() -> None:
     # 0 ended; 1 runs; 4, 5 pending; 2 and 3 are listed nowhere any more: they ended
     assert sorted(tracker.ended) == [0, 2, 3]
     assert tracker.ended[2].state == "ENDED"
+    from pixi_deploy.slurm.function_job import _task_range
+
+    assert _task_range("7_[0-8:4,10%2]") == {0, 4, 8, 10}
 
 
 def _bash(text: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

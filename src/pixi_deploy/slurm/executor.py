@@ -178,14 +178,13 @@ class Executor:
         command = [self.python, "-c", start]
         if self._task_count() > 1 or (self.resources.nodes or 1) > 1:
             command = ["srun", "--kill-on-bad-exit=1", *command]
-        after = [getattr(job, "job", job) for job in self.after]
         job = api.submit(
             command,
             resources=dataclasses.replace(self.resources),
             job_name=self.name,
             array=array,
             dependency=self.dependency,
-            after=[a if isinstance(a, str) else str(getattr(a, "id", a)) for a in after],
+            after=[str(getattr(a, "id", a)) for a in self.after],  # a task of an array: ID_N
             files=files,
             environment_path=env_path,
             transport=self.transport,

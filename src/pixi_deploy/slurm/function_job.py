@@ -160,13 +160,15 @@ class ArrayTracker:
 
 
 def _task_range(text: str) -> set[int]:
+    """The task indexes of squeue's ``[3-7,9:2%4]`` (ranges, steps, a throttle)."""
     found: set[int] = set()
     match = _PENDING.search(text)
     for part in (match.group(1) if match else text).split(","):
         part = part.split("%", 1)[0].strip()
+        part, _, step = part.partition(":")
         low, _, high = part.partition("-")
-        if low.isdigit() and (high.isdigit() or not high):
-            found.update(range(int(low), int(high or low) + 1))
+        if low.isdigit() and (high.isdigit() or not high) and (step.isdigit() or not step):
+            found.update(range(int(low), int(high or low) + 1, int(step or 1)))
     return found
 
 
@@ -203,6 +205,10 @@ class FunctionJob:
         """Whether the job has ended (one squeue call; never blocks)."""
         if self._ended is not None:
             return True
+        if self.tracker is not None and self.index is not None:
+            # the array's rows (a pending task may hide in a compressed range like 12_[3-9])
+            self.tracker.update(self.job.client.status(self.job.id))
+            return self.index in self.tracker.ended
         status = self.status()
         return status.final or status.state == "UNKNOWN"
 
