@@ -260,8 +260,16 @@ def test_nodes_have_their_own_namespace_address_and_hostname(
     out = ssh_run(c, f"srun -p {multi.partition} -N{len(nodes)} hostname")
     assert set(str(out.stdout).split()) <= set(nodes)
     assert len(set(str(out.stdout).split())) == len(nodes)
-    tmp = ssh_run(c, f"srun -p {multi.partition} -N2 sh -c 'ls /tmp | wc -l'")
-    assert str(tmp.stdout).split() == ["1", "1"]  # each node its own /tmp (state dir only)
+    # each node its own /tmp (and /dev/shm): a file made on one is not on another, nor here
+    first, second = nodes[:2]
+    mark = f"mark-{os.getpid()}-{time.monotonic_ns()}"
+    part = f"-p {multi.partition}"
+    for folder in ("/tmp", "/dev/shm"):
+        ssh_run(c, f"srun {part} -w {first} touch {folder}/{mark}")
+        seen = ssh_run(c, f"srun {part} -w {first},{second} -N2 sh -c 'ls {folder}/{mark} | wc -l'")
+        assert sorted(str(seen.stdout).split()) == ["0", "1"], seen
+        assert not Path(folder, mark).exists()
+        ssh_run(c, f"srun {part} -w {first} rm {folder}/{mark}")
 
 
 def test_adding_a_node_to_a_running_cluster_restarts_nothing(
