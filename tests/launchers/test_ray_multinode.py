@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
@@ -151,6 +152,8 @@ def test_a_ray_worker_node_killed_mid_run_fails_the_job(
     # the failure reaches the user as a failed job, not a hang (a hang would be TIMEOUT)
     assert result.state == "FAILED", f"{result.message()}\n{result.stderr_tail[-3000:]}"
     assert "the worker node was never lost" not in result.stdout_tail
-    stderr = result.stderr_tail
-    assert "stopped while the driver ran" in stderr or "ActorDiedError" in stderr, stderr[-3000:]
+    # whichever notices first: the launcher (the node's `ray start` ended) or the driver
+    # (Ray raises on the lost actor); the watch alone is tested in test_multinode_units.py
+    lost = r"stopped while the driver ran|Actor(Died|Unavailable)Error|RayActorError"
+    assert re.search(lost, result.stderr_tail), result.stderr_tail[-3000:]
     assert multi_node_cluster.processes(RAY_PROCESS) == []
