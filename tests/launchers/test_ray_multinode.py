@@ -16,7 +16,7 @@ from pixi_deploy.launchers import RayLauncher
 from pixi_deploy.slurm import JobResources, JobResult, JobSpec, SlurmClient
 from pixi_deploy.transport import SSHSettings, Transport
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # ~10-15 s each: Ray on 2-3 nodes
 
 DRIVER = b"""
 import os, socket, ray

@@ -108,6 +108,7 @@ def test_a_raising_function_reraises_with_the_remote_traceback(executor: Executo
     assert "Boom: remote failure: disk full" in job.stderr()
 
 
+@pytest.mark.slow  # 100 array tasks: ~15 s
 def test_map_array_of_100_elements_is_one_job_array(executor: Executor) -> None:
     jobs = executor.map_array(square, range(100))
     assert len(jobs) == 100
