@@ -184,11 +184,13 @@ def _detail(
 
 
 def _keep_facts(status: JobStatus, squeue: JobStatus | None, allocation: str) -> JobStatus:
-    """sacct often has no reason (``None``) where squeue has Slurm's own, e.g.
-    DependencyNeverSatisfied for a job Slurm cancelled: keep squeue's reason. The nodes are
-    the allocation's as sacct recorded it: after a node failure squeue and scontrol may list
-    only the nodes that are left."""
-    if squeue is not None and not status.reason and squeue.reason not in ("", "None"):
+    """squeue's reason for an ended job is slurmctld's own, current one (e.g.
+    DependencyNeverSatisfied for a job Slurm cancelled), where sacct has none (``None``) or the
+    one it recorded a moment before (``Dependency``): keep squeue's. The nodes are the
+    allocation's as sacct recorded it: after a node failure squeue and scontrol may list only
+    the nodes that are left."""
+    has_reason = squeue is not None and squeue.reason not in ("", "None")
+    if squeue is not None and has_reason and (squeue.final or not status.reason):
         status.reason = squeue.reason
     status.nodes = allocation or status.nodes or (squeue.nodes if squeue else "")
     return status

@@ -130,11 +130,6 @@ def ordering_directives(spec: JobSpec) -> list[str]:
     return out
 
 
-def attempt_log_name(name: str, attempt: int) -> str:
-    """``stdout.log`` of attempt 2 (the second rerun) -> ``stdout.attempt-2.log``."""
-    return name if attempt == 0 else f"{name.removesuffix('.log')}.attempt-{attempt}.log"
-
-
 def attempt_logs(spec: JobSpec, run_dir: str) -> str:
     """For a requeueable job: every rerun writes its own log files, so the attempts stay
     apart. Slurm opens --output/--error (in append mode) before the script runs and counts
