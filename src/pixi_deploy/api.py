@@ -18,7 +18,9 @@ environment variables the README names), and returns data rather than printing::
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -474,8 +476,21 @@ def environment_on_cluster(
 
 
 def _metadata_on_cluster(
-    *, deployment: PathLike | None, **deploy_options: Any
+    *,
+    deployment: PathLike | None,
+    environment_path: str | None = None,
+    needed: bool = True,
+    **deploy_options: Any,
 ) -> DeploymentMetadata:
+    """The deployment a job runs in: the metadata file ``deployment`` names, the environment at
+    ``environment_path`` on the cluster (its metadata read only when ``needed``: a task or code
+    snapshot must know its platform), or the workspace's, deployed now."""
+    if environment_path is not None:
+        if not needed:
+            return DeploymentMetadata.at(environment_path)
+        transport = deploy_options.get("transport") or _transport()
+        text = transport.read_bytes(f"{environment_path.rstrip('/')}/deployment_metadata.json")
+        return DeploymentMetadata.from_json(text.decode(), f"{environment_path} on the cluster")
     if deployment is not None:
         return DeploymentMetadata.read(Path(deployment))
     return deploy(target="ssh", **deploy_options)
@@ -487,6 +502,11 @@ def submit(
     resources: JobResources | None = None,
     job_name: str = "pixi-deploy",
     array: str | None = None,
+    dependency: str | None = None,
+    after: Sequence[Job | str] = (),
+    files: Mapping[str, bytes] | None = None,
+    env: Mapping[str, str] | None = None,
+    environment_path: str | None = None,
     deployment: PathLike | None = None,
     manifest_path: PathLike | None = None,
     environment: str | None = None,
@@ -505,14 +525,20 @@ def submit(
 
     The job starts in its own working copy of the workspace's code snapshot (``code=False``:
     in its run folder, without code), at ``workdir`` inside it. With ``task``, it runs that task
-    of the manifest, ``command`` being the task's arguments."""
+    of the manifest, ``command`` being the task's arguments.
+
+    ``dependency`` is Slurm's ``--dependency`` (``afterok:12:13``...); ``after=[job, ...]``
+    adds ``afterok`` on those jobs, so pipelines run in order (a job whose dependency can
+    never be met ends as CANCELLED, reason DependencyNeverSatisfied, rather than pending
+    forever). ``files`` land in the job's run folder; ``environment_path`` names an
+    environment already on the cluster (from an earlier deploy) and skips the deploy check."""
     from pixi_deploy.project import CodeShipping
     from pixi_deploy.slurm.spec import JobResources, JobSpec
 
     reporter = reporter or NullReporter()
     shipping = CodeShipping.start(  # every check that needs no network comes first
         manifest_path,
-        deployment,
+        deployment if environment_path is None else environment_path,
         code,
         workdir,
         task,
@@ -525,6 +551,8 @@ def submit(
     transport = transport or _transport()
     client = slurm_client(transport)
     metadata = _metadata_on_cluster(
+        environment_path=environment_path,
+        needed=shipping.snapshot is not None or shipping.task is not None,
         deployment=deployment,
         manifest_path=manifest_path,
         environment=shipping.environment,
@@ -546,12 +574,35 @@ def submit(
         array=array,
         code=checkout,
         workdir=workdir if checkout is None else None,
+        dependency=_dependency(dependency, after),
+        files=dict(files or {}),
+        env=dict(env or {}),
     )
     return shipping.submit(client, spec)
 
 
+def _dependency(dependency: str | None, after: Sequence[Job | str]) -> str | None:
+    from pixi_deploy.slurm.spec import check_dependency, dependency_on
+
+    parts = [check_dependency(dependency)] if dependency else []
+    if after:
+        parts.append(dependency_on(list(after)))
+    if any("?" in part for part in parts) and len(parts) > 1:
+        raise ConfigError(
+            "`after` cannot be combined with a dependency joined by `?` (any of)",
+            "write the whole dependency in `dependency`",
+        )
+    return ",".join(parts) or None
+
+
+_CLIENTS: weakref.WeakKeyDictionary[Transport, dict[str, Any]] = weakref.WeakKeyDictionary()
+_CLIENTS_LOCK = threading.Lock()
+
+
 def slurm_client(transport: Transport | None = None) -> Any:
-    """A :class:`~pixi_deploy.slurm.SlurmClient` for the cluster, its runs under the base path."""
+    """The :class:`~pixi_deploy.slurm.SlurmClient` for the cluster, its runs under the base
+    path: one per connection and base, so that every job a process follows shares one
+    squeue poller (a thousand waiting jobs cost one squeue per interval, not a thousand)."""
     from pixi_deploy.slurm.client import SlurmClient
 
     transport = transport or _transport()
@@ -561,7 +612,11 @@ def slurm_client(transport: Transport | None = None) -> Any:
             "SLURM_DEPLOYMENT_BASE_PATH is not set",
             "set it to a folder on the cluster, e.g. ~/pixi-deploy",
         )
-    return SlurmClient(transport, base)
+    with _CLIENTS_LOCK:
+        clients = _CLIENTS.setdefault(transport, {})
+        if base not in clients:
+            clients[base] = SlurmClient(transport, base)
+        return clients[base]
 
 
 # ----------------------------------------------------------------------------------------------

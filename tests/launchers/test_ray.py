@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
-from helpers.cluster import ssh_settings_for
 from pixi_deploy.launchers import BashLauncher, RayLauncher
-from pixi_deploy.pack import DownloadCache
 from pixi_deploy.slurm import JobResources, JobResult, JobSpec, SlurmClient
-from pixi_deploy.store.remote import RemoteStore
 from pixi_deploy.transport import SSHSettings, Transport
-from pixi_deploy.workspace import load_workspace
-
-from .ray_workspace import WHEELS, make_ray_workspace
 
 DRIVER = b"""
 import os
@@ -50,21 +41,8 @@ def test_render_uses_per_job_ports_and_local_dashboard() -> None:
         assert option in text
     assert "--dashboard-host=127.0.0.1" in text and "--include-dashboard=false" in text
     assert "ray stop" not in text  # would stop other jobs' Ray on the node
-    assert text.rstrip().endswith("python driver.py")
+    assert "( exec python driver.py ) &" in text  # the driver, watched in the background
     assert BashLauncher().render(JobSpec(command=["echo", "a b"])) == "echo 'a b'\n"
-
-
-@pytest.fixture(scope="module")
-def ray_env(test_cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[SSHSettings, str]:
-    c = test_cluster
-    settings = ssh_settings_for(c)
-    base = f"{c.base_path}/ray-{uuid.uuid4().hex[:8]}"
-    workspace = make_ray_workspace(tmp_path_factory.mktemp("ray"))
-    with Transport(settings) as transport:
-        metadata = RemoteStore(transport, base).deploy(
-            load_workspace(workspace), cache=DownloadCache(WHEELS / "cache")
-        )
-    return settings, metadata.deployment_path
 
 
 def _spec(env: str) -> JobSpec:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.multinode import multi_node_cluster  # noqa: F401 - a fixture
 from pixi_deploy.pack import DownloadCache
 from pixi_deploy.slurm import SlurmClient
 from pixi_deploy.store.remote import RemoteStore

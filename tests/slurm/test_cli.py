@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pixi_deploy.slurm import SlurmClient
 from pixi_deploy.store.metadata import DeploymentMetadata
 
 pytestmark = pytest.mark.cluster
@@ -76,3 +77,39 @@ def _metadata(path: str) -> dict[str, object]:
         target="ssh://test",
         activate_script=f"{path}/activate.sh",
     ).__dict__
+
+
+def test_submit_multi_node_and_fault_options_reach_the_job_script(
+    ssh_env,
+    base: str,
+    demo_env: str,
+    tmp_path: Path,
+    cli,
+    monkeypatch,
+    multi_node_cluster,
+    transport,
+) -> None:
+    monkeypatch.setenv("SLURM_DEPLOYMENT_BASE_PATH", base)
+    deployment = tmp_path / "deployment_metadata.json"
+    deployment.write_text(json.dumps({**_metadata(demo_env)}))
+    node = multi_node_cluster.nodes[0]
+    done = cli(
+        "submit", "--deployment", deployment, "--partition", multi_node_cluster.partition,
+        "--nodes", "1", "--ntasks-per-node", "2", "--nodelist", node, "--requeue",
+        "--signal", "USR1@30", "--time", "5", "--json", "--", "srun", "hostname",
+    )  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["state"] == "COMPLETED" and data["stdout_tail"].split() == [node, node]
+    run = SlurmClient(transport, base).job(data["job_id"]).run_dir
+    script = transport.read_bytes(f"{run}/job.sh").decode()
+    for directive in (
+        "--ntasks-per-node=2",
+        f"--nodelist={node}",
+        "--requeue",
+        "--open-mode=append",
+        "--signal=B:USR1@30",
+    ):
+        assert f"#SBATCH {directive}\n" in script
+    bad = cli("submit", "--deployment", deployment, "--signal", "USR1@soon", "--", "true")
+    assert bad.exit_code == 8 and "is not a signal spec" in bad.stderr

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pixi_deploy.transport import quoting
 
-from .bash import command_text
+from .bash import signal_name, start_in_background
 
 if TYPE_CHECKING:
     from pixi_deploy.slurm.spec import JobSpec
@@ -94,40 +94,6 @@ with lock:
     print(" ".join(map(str, chosen + [start, start + span - 1])))
 """
 
-# argv: gcs address, wanted node count, timeout seconds, head pid
-_WAIT = r"""
-import os, socket, sys, time
-addr, want, limit, head = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-host, port = addr.rsplit(":", 1)
-deadline = time.monotonic() + limit
-def fail(msg):
-    print("pixi-deploy: " + msg, file=sys.stderr)
-    sys.exit(98)
-while True:
-    try:
-        os.kill(head, 0)
-    except ProcessLookupError:
-        fail("the Ray head exited while starting; its log is in the job's stderr")
-    try:
-        socket.create_connection((host, int(port)), 1).close()
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            fail("the Ray head did not listen on %s within %gs" % (addr, limit))
-        time.sleep(0.3)
-import ray
-ray.init(address=addr, logging_level="ERROR", log_to_driver=False)
-while True:
-    alive = sum(1 for n in ray.nodes() if n.get("Alive"))
-    if alive >= want:
-        break
-    if time.monotonic() > deadline:
-        fail("the Ray cluster has %d of %d nodes after %gs; raise wait_timeout "
-             "or check the workers' output in the job's stderr" % (alive, want, limit))
-    time.sleep(0.5)
-ray.shutdown()
-"""
-
 _SINGLE_PORTS = (
     "port",
     "node-manager-port",
@@ -189,6 +155,7 @@ class RayLauncher:
         picker = f'python - {q(self.claims_dir)} "$1" {len(_SINGLE_PORTS)} {int(self.worker_ports)}'
         return f"""
 # ---- pixi-deploy RayLauncher ----
+__ray_t0=$(date +%s%N)
 __ray_pick() {{
 {picker} <<'__PD_PICKER__'
 {_PICKER}
@@ -225,30 +192,81 @@ read -r {ports} __rp_wmin __rp_wmax <<EOF
 $(__ray_pick $$)
 EOF
 [ -n "$__rp_wmax" ] || __pd_fail "could not pick free ports for Ray on $(hostname)"
-setsid ray start --head --block --disable-usage-stats --node-ip-address="$__ray_ip" \\
+# unbuffered: ray start's "Ray runtime started." must reach the log at once (see _wait)
+PYTHONUNBUFFERED=1 setsid ray start --head --block --disable-usage-stats --node-ip-address="$__ray_ip" \\
   {port_args} --min-worker-port="$__rp_wmin" --max-worker-port="$__rp_wmax" \\
   {dashboard} --temp-dir="$__ray_tmp" --num-cpus="${{SLURM_CPUS_ON_NODE:-1}}" \\
-  --object-store-memory="$__ray_store" {extra} >&2 &
+  --object-store-memory="$__ray_store" {extra} > >(tee -a "$__ray_tmp/up-head.log" >&2) 2>&1 &
 __ray_head=$!
 __ray_gcs_port={int(self.head_port) if self.head_port else "$__rp_0"}
 export RAY_ADDRESS="$__ray_ip:$__ray_gcs_port"
 if [ "$__ray_nodes" -gt 1 ]; then
   export __PD_RAY_PICK_CMD="$(declare -f __ray_pick)"
-  setsid srun --overlap --nodes=$(( __ray_nodes - 1 )) --ntasks=$(( __ray_nodes - 1 )) \\
-    --ntasks-per-node=1 --exclude="${{SLURMD_NODENAME:-$(hostname)}}" bash -c '
+  setsid srun --overlap --kill-on-bad-exit=1 --nodes=$(( __ray_nodes - 1 )) \\
+    --ntasks=$(( __ray_nodes - 1 )) --ntasks-per-node=1 --exclude="${{SLURMD_NODENAME:-$(hostname)}}" bash -c '
     eval "$__PD_RAY_PICK_CMD"
     read -r {ports} __rp_wmin __rp_wmax <<EOF
 $(__ray_pick $$)
 EOF
-    exec ray start --block --disable-usage-stats --address="$RAY_ADDRESS" \\
+    exec env PYTHONUNBUFFERED=1 ray start --block --disable-usage-stats --address="$RAY_ADDRESS" \\
       --node-ip-address="$(hostname -I | awk "{{print \\$1}}")" {worker_port_args} \\
       --min-worker-port="$__rp_wmin" --max-worker-port="$__rp_wmax" \\
-      --num-cpus="${{SLURM_CPUS_ON_NODE:-1}}" --object-store-memory="'"$__ray_store"'" >&2' &
+      --num-cpus="${{SLURM_CPUS_ON_NODE:-1}}" --object-store-memory="'"$__ray_store"'" 2>&1' \
+    > >(tee -a "$__ray_tmp/up-workers.log" >&2) 2>&1 &
   __ray_workers=$!
 fi
-python - "$RAY_ADDRESS" "$__ray_nodes" {self.wait_timeout:g} "$__ray_head" <<'__PD_WAIT__' || exit 98
-{_WAIT}
-__PD_WAIT__
-# ---- the driver ----
-{command_text(spec)}
+{self._wait()}printf 'pixi-deploy: Ray is up on %s node(s) after %s ms; starting the driver\\n' \\
+  "$__ray_nodes" "$(( ($(date +%s%N) - __ray_t0) / 1000000 ))" >&2
+# ---- the driver, watched: a Ray node that stops ends the job instead of hanging it ----
+{self._driver(spec)}"""
+
+    def _wait(self) -> str:
+        """Wait until every node's ``ray start`` has said "Ray runtime started." (it says so
+        once its node is in the GCS's node table), watching the head and the worker step.
+        Reading the lines costs nothing; asking Ray (``ray.nodes()``) would import Ray once
+        more, seconds of CPU while the nodes start."""
+        return f"""__ray_fail() {{ printf 'pixi-deploy: %s\\n' "$1" >&2; exit 98; }}
+__ray_up() {{ cat "$__ray_tmp"/up-*.log 2>/dev/null | grep -c 'Ray runtime started'; }}
+__ray_deadline=$(( $(date +%s) + {int(self.wait_timeout)} ))
+while [ "$(__ray_up)" -lt "$__ray_nodes" ]; do
+  kill -0 "$__ray_head" 2>/dev/null || __ray_fail "the Ray head exited while starting; its log is in the job's stderr"
+  if [ -n "$__ray_workers" ] && ! kill -0 "$__ray_workers" 2>/dev/null; then
+    __ray_fail "a Ray worker node exited while starting; its log is in the job's stderr"
+  fi
+  [ "$(date +%s)" -lt "$__ray_deadline" ] || __ray_fail "the Ray cluster has $(__ray_up) of $__ray_nodes nodes after {self.wait_timeout:g}s; raise wait_timeout or check the workers' output in the job's stderr"
+  sleep 0.1
+done
+"""
+
+    @staticmethod
+    def _driver(spec: JobSpec) -> str:
+        """The driver in the background, and a loop that wakes whenever a child exits
+        (SIGCHLD interrupts ``wait``) or every second: the job's exit status is the
+        driver's, unless the head or the worker step (``srun --kill-on-bad-exit``: one
+        worker's ``ray start --block`` exiting ends it) stopped first, then it is 98. A
+        ``--signal`` before the time limit is handed on to the driver."""
+        start, target = start_in_background(spec)
+        signal = signal_name(spec)
+        forward = ""
+        if signal is not None:
+            forward = f"trap 'kill -s {signal} {target} 2>/dev/null' {signal}\n"
+        return f"""{start}__ray_driver=$__pd_child
+{forward}trap : CHLD
+while kill -0 "$__ray_driver" 2>/dev/null; do
+  __ray_lost=
+  kill -0 "$__ray_head" 2>/dev/null || __ray_lost="the Ray head on $(hostname)"
+  if [ -n "$__ray_workers" ] && ! kill -0 "$__ray_workers" 2>/dev/null; then
+    __ray_lost="a Ray worker node (its ray start or srun step ended)"
+  fi
+  if [ -n "$__ray_lost" ]; then
+    printf 'pixi-deploy: %s stopped while the driver ran; stopping the driver\\n' "$__ray_lost" >&2
+    kill -TERM {target} 2>/dev/null
+    exit 98
+  fi
+  sleep 1 & __ray_tick=$!
+  wait "$__ray_tick" 2>/dev/null
+  kill "$__ray_tick" 2>/dev/null
+done
+trap - CHLD
+wait "$__ray_driver"
 """

@@ -32,10 +32,14 @@ class SlurmClient:
         *,
         use_sacct: bool | None = None,
         poll_interval: float = 0.5,
+        array_poll_interval: float = 1.2,
     ) -> None:
         self.transport = transport
         self.base = transport.expand_path(base_path).rstrip("/") or "/"
         self.poll_interval = poll_interval
+        # while an array is followed: one squeue for all its tasks at most this often (a big
+        # array makes each call costly for slurmctld; 1.2 s keeps it below one per second)
+        self.array_poll_interval = array_poll_interval
         self._use_sacct = use_sacct
         self._jobcomp: str | None = None
         self._probed = False
@@ -132,6 +136,17 @@ class SlurmClient:
     def status(self, job_id: str) -> JobStatus:
         return self.states([job_id]).get(job_id) or states.unknown(job_id)
 
+    def failed_nodes(self, nodes: str) -> str:
+        """Which of ``nodes`` (a hostlist) are down or not responding now, with Slurm's
+        reason: ``node2 (node crashed)``; empty if none is (or sinfo cannot tell)."""
+        if not nodes.strip(","):
+            return ""
+        try:
+            out = self.transport.run_script(remote.NODE_STATES, [nodes], check=False).stdout
+        except TransportError:
+            return ""
+        return states.failed_nodes(out)
+
     def cancel(self, job_id: str) -> None:
         """scancel; cancelling a job that already ended is not an error."""
         result = self.transport.run(["scancel", str(job_id)], check=False)
@@ -160,13 +175,27 @@ def _detail(
     late, task by task for arrays, so it counts only when it covers every row squeue still
     shows), else scontrol (until MinJobAge) or the jobcomp file."""
     status = states.combine(job_id, sacct_rows)
+    allocation = status.nodes if status is not None else ""
     known = states.rows_for(job_id, squeue_rows)
     if status is not None and status.final and all(k in sacct_rows or "[" in k for k in known):
-        return status
+        return _keep_facts(status, squeue, allocation)
     status = states.combine(job_id, scontrol_rows)
     if status is not None and status.final:
-        return status
+        return _keep_facts(status, squeue, allocation)
     return squeue if squeue is not None else states.unknown(job_id)
+
+
+def _keep_facts(status: JobStatus, squeue: JobStatus | None, allocation: str) -> JobStatus:
+    """squeue's reason for an ended job is slurmctld's own, current one (e.g.
+    DependencyNeverSatisfied for a job Slurm cancelled), where sacct has none (``None``) or the
+    one it recorded a moment before (``Dependency``): keep squeue's. The nodes are the
+    allocation's as sacct recorded it: after a node failure squeue and scontrol may list only
+    the nodes that are left."""
+    has_reason = squeue is not None and squeue.reason not in ("", "None")
+    if squeue is not None and has_reason and (squeue.final or not status.reason):
+        status.reason = squeue.reason
+    status.nodes = allocation or status.nodes or (squeue.nodes if squeue else "")
+    return status
 
 
 def submit_error(error: RemoteCommandError, spec: JobSpec) -> SchedulerError:
@@ -202,11 +231,14 @@ class _Poller:
         self.generation = 0
         self.error: BaseException | None = None
         self._watched: dict[str, int] = {}
+        self._arrays: set[str] = set()
         self._thread: threading.Thread | None = None
 
-    def watch(self, job_id: str) -> None:
+    def watch(self, job_id: str, array: bool = False) -> None:
         with self.changed:
             self._watched[job_id] = self._watched.get(job_id, 0) + 1
+            if array:
+                self._arrays.add(job_id)
             if self._thread is None or not self._thread.is_alive():
                 self.error = None
                 self._thread = threading.Thread(
@@ -219,6 +251,7 @@ class _Poller:
             count = self._watched.get(job_id, 0) - 1
             if count <= 0:
                 self._watched.pop(job_id, None)
+                self._arrays.discard(job_id)
                 self.latest.pop(job_id, None)
             else:
                 self._watched[job_id] = count
@@ -231,6 +264,9 @@ class _Poller:
                 if not ids:
                     self._thread = None
                     return
+                interval = self.client.poll_interval
+                if self._arrays:
+                    interval = max(interval, self.client.array_poll_interval)
             started = time.monotonic()
             try:
                 found = self.client.states(ids)
@@ -253,4 +289,4 @@ class _Poller:
                 self.latest.update(found)
                 self.generation += 1
                 self.changed.notify_all()
-            time.sleep(max(0.0, self.client.poll_interval - (time.monotonic() - started)))
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))

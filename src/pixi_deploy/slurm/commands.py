@@ -87,6 +87,32 @@ def submit(
         typer.Option("--sbatch", help="Extra sbatch option, passed through (repeatable)"),
     ] = None,
     array: Annotated[str | None, typer.Option("--array", help="e.g. 0-9%2")] = None,
+    ntasks_per_node: Annotated[int | None, typer.Option("--ntasks-per-node")] = None,
+    nodelist: Annotated[
+        str | None, typer.Option("--nodelist", help="Run on these nodes, e.g. node[1-2]")
+    ] = None,
+    dependency: Annotated[
+        str | None,
+        typer.Option(
+            "--dependency",
+            help="Start after other jobs, e.g. afterok:1234 (or afterany, afternotok, after,"
+            " aftercorr, singleton); a dependency that can never be met ends the job",
+        ),
+    ] = None,
+    requeue: Annotated[
+        bool | None,
+        typer.Option(
+            "--requeue/--no-requeue",
+            help="Let Slurm rerun the job after a node failure (each attempt logs apart)",
+        ),
+    ] = None,
+    signal: Annotated[
+        str | None,
+        typer.Option(
+            "--signal",
+            help="Send the command a signal before the time limit, e.g. TERM@60",
+        ),
+    ] = None,
     follow: Annotated[
         bool,
         typer.Option("--follow/--no-follow", help="Stream the output and wait (Ctrl-C cancels)"),
@@ -135,12 +161,17 @@ def submit(
         reservation=reservation,
         constraint=constraint,
         extra_sbatch=list(sbatch or []),
+        ntasks_per_node=ntasks_per_node,
+        nodelist=nodelist,
+        requeue=requeue,
+        signal=signal,
     )
     job = api.submit(
         command or [],
         resources=resources,
         job_name=name,
         array=array,
+        dependency=dependency,
         deployment=deployment,
         manifest_path=manifest_path,
         environment=environment,

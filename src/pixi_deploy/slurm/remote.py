@@ -66,7 +66,7 @@ for id in $(printf '%s' "$ids" | tr ',' ' '); do
 done
 [ -n "$ended" ] || exit 0
 if [ "$use_sacct" = 1 ]; then
-  sacct -n -P -X -j "$(echo $ended | tr ' ' ',')" -o JobID,State,ExitCode,Reason 2>/dev/null
+  sacct -n -P -X -j "$(echo $ended | tr ' ' ',')" -o JobID,State,ExitCode,Reason,NodeList 2>/dev/null
 fi
 printf '\035\n'
 for id in $ended; do
@@ -108,4 +108,54 @@ tail -n "+$3" -s 0.2 -F -- "$1" 2>/dev/null & a=$!
 tail -n "+$4" -s 0.2 -F -- "$2" >&2 2>/dev/null & b=$!
 trap 'kill $a $b 2>/dev/null; exit 0' TERM INT HUP
 wait
+"""
+
+# Nodes of a job that are down, drained, failed or not responding, for a NODE_FAIL result.
+# $1 = hostlist (e.g. node[1-2])
+NODE_STATES = r"""
+sinfo -h -N -n "$1" -o '%N|%T|%E' 2>/dev/null
+true
+"""
+
+# Results of function jobs (Executor) and, optionally, log tails, as binary frames
+# "\036NAME SIZE\n" + SIZE bytes.  $1 = run dir, $2 = log tail bytes (0: no logs, all:
+# whole files),
+# $3 = log name suffix ('' for a job, '-ID_N' for array task N), then the array indexes
+# whose result files (result-INDEX-RANK.pkl) to send.
+FETCH_RESULTS = r"""
+run=$1; n=$2; sfx=$3; shift 3
+send() { printf '\036%s %s\n' "${1##*/}" "$2"; }
+for i in "$@"; do
+  for f in "$run/result-$i-"*.pkl; do
+    [ -f "$f" ] || continue
+    send "$f" "$(wc -c < "$f" | tr -d ' ')"; cat -- "$f"
+  done
+done
+if [ "$n" != 0 ]; then
+  for f in "$run/stdout$sfx.log" "$run/stdout$sfx.attempt-"*.log \
+           "$run/stderr$sfx.log" "$run/stderr$sfx.attempt-"*.log; do
+    [ -f "$f" ] || continue
+    size=$(wc -c < "$f" | tr -d ' ')
+    if [ "$n" = all ]; then send "$f" "$size"; head -c "$size" -- "$f"; continue; fi
+    [ "$size" -le "$n" ] || size=$n
+    send "$f" "$size"; tail -c "$size" -- "$f"  # a file that grew meanwhile: its last bytes
+  done
+fi
+true
+"""
+
+# The environment's python and whether it has cloudpickle (Executor, once).
+# $1 = environment path, $2 = python command
+PYTHON_PROBE = r"""
+env=$1; py=$2
+[ -f "$env/activate.sh" ] || { echo "pixi-deploy-missing-environment" >&2; exit 97; }
+. "$env/activate.sh" >/dev/null 2>&1 || { echo "pixi-deploy-cannot-activate" >&2; exit 96; }
+command -v "$py" >/dev/null 2>&1 || { echo "pixi-deploy-no-python" >&2; exit 95; }
+"$py" -c 'import sys
+print("python %d.%d" % sys.version_info[:2])
+try:
+    import cloudpickle
+    print("cloudpickle " + cloudpickle.__version__)
+except ImportError as exc:
+    print("cloudpickle-missing %s" % exc)'
 """

@@ -28,8 +28,20 @@ _TAIL_LINES = 200
 
 
 def step_options(resources: JobResources) -> list[str]:
-    """srun options for a step: the per-step sizes only (partition, account... are the job's)."""
-    out = [f"--ntasks={resources.ntasks or 1}", f"--nodes={resources.nodes or 1}"]
+    """srun options for a step: the per-step sizes only (partition, account... are the job's).
+
+    ``nodelist`` places the step on chosen nodes of the allocation; without ``nodes`` srun
+    then takes as many nodes as the list names. A step spanning nodes needs a task count
+    (``ntasks`` or ``ntasks_per_node``); one task per node is the default."""
+    out = []
+    if resources.nodes or not resources.nodelist:
+        out.append(f"--nodes={resources.nodes or 1}")
+    if resources.ntasks or not resources.ntasks_per_node:
+        out.append(f"--ntasks={resources.ntasks or resources.nodes or 1}")
+    if resources.ntasks_per_node:
+        out.append(f"--ntasks-per-node={resources.ntasks_per_node}")
+    if resources.nodelist:
+        out.append(f"--nodelist={resources.nodelist}")
     if resources.cpus_per_task:
         out.append(f"--cpus-per-task={resources.cpus_per_task}")
     if resources.mem:

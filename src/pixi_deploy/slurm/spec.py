@@ -7,6 +7,7 @@ here, next to the states they describe, because both the CLI and Python callers 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -61,7 +62,11 @@ class JobResources:
     constraint: str | None = None
     extra_sbatch: list[str] = field(default_factory=list)
     gpus_per_node: int | None = None
-    signal: str | None = None
+    # multi-node and fault handling (issue 17)
+    ntasks_per_node: int | None = None
+    nodelist: str | None = None  # --nodelist: these nodes (a session step: where it runs)
+    requeue: bool | None = None  # --requeue / --no-requeue (None: the cluster's JobRequeue)
+    signal: str | None = None  # e.g. "TERM@60": the command gets SIGTERM 60 s before --time
 
     def options(self) -> list[str]:
         """The ``--name=value`` options, in a stable order (also used for srun steps)."""
@@ -78,9 +83,16 @@ class JobResources:
             ("qos", self.qos),
             ("reservation", self.reservation),
             ("constraint", self.constraint),
-            ("signal", self.signal),
         ]
+        pairs += [("ntasks-per-node", self.ntasks_per_node), ("nodelist", self.nodelist)]
         out = [f"--{name}={value}" for name, value in pairs if value not in (None, "")]
+        if self.requeue is not None:
+            out.append("--requeue" if self.requeue else "--no-requeue")
+        if self.signal not in (None, ""):
+            name, seconds = parse_signal(str(self.signal))
+            # B: signals the batch shell, which hands the signal on to the command
+            # (launchers.bash.forward_signal); without B: Slurm signals srun steps only
+            out.append(f"--signal=B:{name}@{seconds}")
         for extra in self.extra_sbatch:
             extra = extra.strip()
             if extra:
@@ -92,6 +104,48 @@ class JobResources:
                     "pass each option as one line",
                 )
         return out
+
+
+_SIGNAL = re.compile(r"(?:B:)?(?:SIG)?([A-Z][A-Z0-9]*|[0-9]+)(?:@([0-9]+))?\Z")
+_DEPENDENCY_TYPES = "after|afterany|afterburstbuffer|aftercorr|afternotok|afterok"
+_DEPENDENCY_ITEM = rf"(?:(?:{_DEPENDENCY_TYPES})(?::[0-9]+(?:_[0-9]+)?(?:\+[0-9]+)?)+|singleton)"
+_DEPENDENCY = re.compile(
+    rf"{_DEPENDENCY_ITEM}(?:,{_DEPENDENCY_ITEM})*\Z|{_DEPENDENCY_ITEM}(?:\?{_DEPENDENCY_ITEM})*\Z"
+)
+
+
+def parse_signal(text: str) -> tuple[str, int]:
+    """``"TERM@60"`` / ``"SIGUSR1@120"`` / ``"B:TERM"`` -> (``"TERM"``, seconds before the time
+    limit; Slurm's default 60). Numbers stay numbers (``"15@30"``)."""
+    match = _SIGNAL.match(text.strip().upper())
+    if match is None:
+        raise SchedulerError(
+            f"--signal {text!r} is not a signal spec",
+            "use NAME@SECONDS, e.g. TERM@60 (SIGTERM 60 s before the time limit)",
+        )
+    return match.group(1), int(match.group(2) or 60)
+
+
+def check_dependency(text: str) -> str:
+    """Slurm's ``--dependency`` syntax (``afterok:12:13``, ``afterany:12,afterok:14``,
+    ``singleton``...), refused here with one clear line rather than by sbatch."""
+    text = text.strip()
+    if not _DEPENDENCY.match(text):
+        raise SchedulerError(
+            f"--dependency {text!r} is not a Slurm dependency",
+            "use TYPE:JOBID[:JOBID...] with TYPE one of "
+            + ", ".join(_DEPENDENCY_TYPES.split("|"))
+            + " (join several with , for all or ? for any), or singleton",
+        )
+    return text
+
+
+def dependency_on(after: Sequence[object], kind: str = "afterok") -> str:
+    """``afterok:ID:ID`` for jobs (anything with an ``id``) or job ids."""
+    ids = [str(getattr(job, "id", job)).strip() for job in after]
+    if not ids:
+        raise SchedulerError("`after` names no job", "pass the jobs this one waits for")
+    return check_dependency(f"{kind}:" + ":".join(ids))
 
 
 @dataclass
@@ -113,6 +167,7 @@ class JobSpec:
     code: CodeCheckout | None = None
     # further components of a heterogeneous job (``resources`` is the first one)
     het_components: list[JobResources] = field(default_factory=list)
+    dependency: str | None = None  # Slurm's --dependency, e.g. "afterok:123:124"
 
     def check(self) -> None:
         """Refuse specs that cannot run before anything is sent to the cluster."""
@@ -122,6 +177,8 @@ class JobSpec:
             raise SchedulerError(
                 "the job command must be a non-empty argument list", "e.g. ['python', 'x.py']"
             )
+        if self.dependency is not None:
+            self.dependency = check_dependency(self.dependency)
         for name in self.files:
             parts = name.split("/")
             if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -141,6 +198,7 @@ class JobStatus:
     signal: int | None = None
     source: str = "squeue"  # which command told us: squeue, sacct, scontrol, jobcomp
     tasks: dict[str, JobStatus] = field(default_factory=dict)  # array tasks
+    nodes: str = ""  # the nodes it runs or ran on (Slurm's hostlist, e.g. node[1-2])
 
     @property
     def final(self) -> bool:
@@ -168,6 +226,8 @@ class JobResult:
     stderr_tail: str = ""
     mem: str | None = None
     time_limit: str | None = None
+    nodes: str = ""  # where it ran (hostlist)
+    failed_nodes: str = ""  # NODE_FAIL: the nodes that were down, e.g. "node2 (node crashed)"
 
     @property
     def ok(self) -> bool:
@@ -187,10 +247,21 @@ class JobResult:
         if state == "TIMEOUT":
             limit = f" ({self.time_limit})" if self.time_limit else ""
             return f"{jid} hit its time limit{limit}; raise --time{self.reason_suffix()}"
+        if state == "CANCELLED" and self.reason == "DependencyNeverSatisfied":
+            return (
+                f"{jid} never ran: a job it depends on did not end as its --dependency requires"
+                " (DependencyNeverSatisfied); fix and rerun that job, then resubmit this one"
+            )
         if state == "CANCELLED":
             return f"{jid} was cancelled{self.reason_suffix()}"
         if state == "NODE_FAIL":
-            return f"{jid} failed because its node failed; resubmit it"
+            if self.failed_nodes:
+                where = f"its node {self.failed_nodes} failed"
+            elif self.nodes:
+                where = f"one of its nodes ({self.nodes}) failed"
+            else:
+                where = "its node failed"
+            return f"{jid} failed because {where}; resubmit it (--requeue has Slurm rerun it)"
         if state == "PREEMPTED":
             return f"{jid} was preempted by a higher-priority job; resubmit it or use another qos"
         if state == "BOOT_FAIL":

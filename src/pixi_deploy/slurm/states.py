@@ -14,8 +14,10 @@ from collections.abc import Mapping, Sequence
 
 from .spec import FINAL_STATES, JobResult, JobStatus
 
-SQUEUE_FORMAT = "%i|%T|%r"
-SACCT_FIELDS = "JobID,State,ExitCode,Reason"
+SQUEUE_FORMAT = "%i|%T|%r|%N"
+SACCT_FIELDS = "JobID,State,ExitCode,Reason,NodeList"
+# sinfo states of a node that has failed (a trailing * means "not responding")
+_FAILED_NODE = re.compile(r"down|drain|fail|\*\Z")
 # Memory trouble that Slurm writes into a job's stderr when it does not say OUT_OF_MEMORY
 # itself (no cgroups: OverMemoryKill; or a step killed by the cgroup OOM killer).
 _OOM_TEXT = re.compile(
@@ -45,19 +47,20 @@ def parse_exit_code(raw: str) -> tuple[int | None, int | None]:
 
 
 def parse_squeue(text: str) -> dict[str, JobStatus]:
-    """Rows of ``squeue -h -o '%i|%T|%r'`` keyed by job id (``123`` or ``123_4``)."""
+    """Rows of ``squeue -h -o '%i|%T|%r|%N'`` keyed by job id (``123`` or ``123_4``)."""
     found: dict[str, JobStatus] = {}
     for line in text.splitlines():
         parts = line.strip().split("|")
         if len(parts) < 3 or not parts[0]:
             continue
         state, _ = normalize_state(parts[1])
-        found[parts[0]] = JobStatus(parts[0], state, parts[2], source="squeue")
+        nodes = parts[3].strip() if len(parts) > 3 else ""
+        found[parts[0]] = JobStatus(parts[0], state, parts[2], source="squeue", nodes=nodes)
     return found
 
 
 def parse_sacct(text: str) -> dict[str, JobStatus]:
-    """Rows of ``sacct -n -P -X -o JobID,State,ExitCode,Reason``."""
+    """Rows of ``sacct -n -P -X -o JobID,State,ExitCode,Reason,NodeList``."""
     found: dict[str, JobStatus] = {}
     for line in text.splitlines():
         parts = line.strip().split("|")
@@ -66,8 +69,22 @@ def parse_sacct(text: str) -> dict[str, JobStatus]:
         state, extra = normalize_state(parts[1])
         code, sig = parse_exit_code(parts[2])
         reason = parts[3] if parts[3] not in ("", "None") else extra
-        found[parts[0]] = JobStatus(parts[0], state, reason, code, sig, source="sacct")
+        nodes = parts[4].strip() if len(parts) > 4 and parts[4] != "None assigned" else ""
+        found[parts[0]] = JobStatus(parts[0], state, reason, code, sig, source="sacct", nodes=nodes)
     return found
+
+
+def failed_nodes(sinfo_text: str) -> str:
+    """``node2 (node crashed), node3`` from ``sinfo -h -N -o '%N|%T|%E'`` rows of nodes that
+    are down, drained, failed or not responding (several partitions repeat a node)."""
+    seen: dict[str, str] = {}
+    for line in sinfo_text.splitlines():
+        name, _, rest = line.strip().partition("|")
+        state, _, reason = rest.partition("|")
+        if name and _FAILED_NODE.search(state.strip().lower()):
+            reason = reason.strip()
+            seen[name] = f"{name} ({reason})" if reason and reason != "none" else name
+    return ", ".join(seen.values())
 
 
 def parse_key_values(text: str, source: str) -> dict[str, JobStatus]:
@@ -84,8 +101,15 @@ def parse_key_values(text: str, source: str) -> dict[str, JobStatus]:
         state, _ = normalize_state(fields["JobState"])
         code, sig = parse_exit_code(fields.get("ExitCode", ""))
         reason = fields.get("Reason", "")
+        nodes = fields.get("NodeList", "")
         found[job_id] = JobStatus(
-            job_id, state, "" if reason == "None" else reason, code, sig, source
+            job_id,
+            state,
+            "" if reason == "None" else reason,
+            code,
+            sig,
+            source,
+            nodes="" if nodes in ("(null)", "None") else nodes,
         )
     return found
 
@@ -169,6 +193,7 @@ def to_result(
         stderr_tail=stderr,
         mem=mem,
         time_limit=time_limit,
+        nodes=status.nodes,
     )
 
 

@@ -42,6 +42,12 @@ class DeploymentMetadata:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
+    def at(cls, deployment_path: str) -> DeploymentMetadata:
+        """Only where an environment already on the cluster lives (nothing else is known)."""
+        path = deployment_path.rstrip("/")
+        return cls(path, "", "", "", "", "", f"{path}/activate.sh")
+
+    @classmethod
     def for_environment(
         cls, resolved: ResolvedEnvironment, deployment_path: str, target: str
     ) -> DeploymentMetadata:
