@@ -42,6 +42,13 @@ class DirectPackage:
     def symlinks(self) -> frozenset[str]:
         return frozenset(e["_path"] for e in self.paths if e.get("path_type") == "softlink")
 
+    @cached_property
+    def listed(self) -> frozenset[str]:
+        """Every path paths.json lists: all that may land in a prefix. Real payloads carry more
+        (``info/licenses/...``, ``info/test/``, ``info/recipe/``), which conda and rattler never
+        link into an environment."""
+        return frozenset(e["_path"] for e in self.paths)
+
 
 class LongShebang(Exception):
     """A ``#!`` line the new prefix would push past `MAX_SHEBANG`: rattler rewrites those."""

@@ -80,6 +80,7 @@ class _Job:
     payload_member: str
     declared_symlinks: frozenset[str]
     staging: str
+    listed: frozenset[str]  # what paths.json lists: nothing else is written
 
 
 #: A job's outcome: ("written", symlinks) | ("failed", exception)
@@ -190,6 +191,7 @@ def _job(package: DirectPackage, staging: Path) -> _Job:
         package.payload_member,
         package.symlinks,
         str(staging),
+        package.listed,
     )
 
 
@@ -375,4 +377,5 @@ def _extract(job: _Job, payload: Any, buffer: bytearray) -> dict[str, str]:
         declared_symlinks=job.declared_symlinks,
         all_symlinks=(),  # none exist yet: the caller makes them once every package is back
         buffer=buffer,
+        wanted=job.listed,  # the rest (info/ licences, tests, recipes) is read and checked only
     )
