@@ -41,7 +41,7 @@ def real_workspace(dest: Path, names: Sequence[str] = NATIVE, *, python: str | N
         for archive in (dest / "wrapper" / "linux-64").glob("python-*"):
             shutil.copy2(archive, channel / "linux-64" / archive.name)
     for subdir in ("linux-64", "noarch"):
-        asyncio.run(rattler.index.index_fs(channel, target_platform=rattler.Platform(subdir)))
+        asyncio.run(rattler.index.index_fs(channel, target_platform=rattler.Subdir(subdir)))
     url = channel.resolve().as_uri()
     wanted = set(names) | ({"python"} if python is not None else set())
     records = []
