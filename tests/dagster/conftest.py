@@ -15,7 +15,6 @@ site-packages, as it would be with a real ``dagster-pipes`` package from conda-f
 from __future__ import annotations
 
 import importlib.metadata
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -23,22 +22,13 @@ import dagster_pipes
 import pytest
 
 from helpers.cluster import ssh_settings_for
+from helpers.wheels import DEBIAN_PYTHON, python_version
 from pixi_deploy.dagster import SlurmQueueConfig, SlurmResource, SSHConnectionResource
 from pixi_deploy.testing.channel import PackageSpec, build_channel, lock_workspace
 from pixi_deploy.testing.python_pkg import python_wrapper_spec
 from pixi_deploy.transport import Transport
 
-REMOTE_PYTHON = "/usr/bin/python3"
-
-
-def _remote_python_version() -> str:
-    out = subprocess.run(
-        [REMOTE_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()
+REMOTE_PYTHON = DEBIAN_PYTHON
 
 
 def dagster_pipes_spec(version: str) -> PackageSpec:
@@ -63,7 +53,7 @@ def dagster_pipes_spec(version: str) -> PackageSpec:
 def pipes_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A locked pixi workspace (linux-64) whose environment has python + dagster-pipes."""
     root = tmp_path_factory.mktemp("dagster-ws")
-    version = _remote_python_version()
+    version = python_version(REMOTE_PYTHON)
     specs = [
         python_wrapper_spec("linux-64", version, interpreter=REMOTE_PYTHON),
         dagster_pipes_spec(version),

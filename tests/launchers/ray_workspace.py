@@ -4,15 +4,14 @@ plus ray and its dependencies as wheels in pixi.lock (downloaded once into a cac
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
+from helpers.wheels import WHEELS, pip_download
 from pixi_deploy.testing.channel import build_channel, lock_workspace
 from pixi_deploy.testing.python_pkg import add_pypi_to_lock, python_wrapper_spec
 
 RAY_VERSION = "2.49.2"
-WHEELS = Path("/tmp/pixi-deploy-test-wheels")
+PLATFORM = "manylinux2014_x86_64"
 # The test user cannot enter /root (pyenv), so the wrapped interpreter is Debian's python3.11,
 # whose version matches the cp311 wheels.
 INTERPRETER = "/usr/bin/python3.11"
@@ -22,26 +21,10 @@ def download_ray(dest: Path = WHEELS) -> list[Path]:
     """ray and its dependencies as cp311 manylinux wheels (pip download; cached)."""
     marker = dest / f".ray-{RAY_VERSION}-complete"
     if not marker.exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                f"ray=={RAY_VERSION}",
-                "-d",
-                str(dest),
-                "--only-binary=:all:",
-                "--python-version",
-                "3.11",
-                "--implementation",
-                "cp",
-                "--platform",
-                "manylinux2014_x86_64",
-                "--quiet",
-            ],
-            check=True,
+        pip_download(
+            [f"ray=={RAY_VERSION}"],
+            ["--python-version", "3.11", "--implementation", "cp", "--platform", PLATFORM],
+            dest,
             timeout=900,
         )
         marker.touch()

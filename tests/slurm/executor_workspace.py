@@ -7,56 +7,28 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import subprocess
-import sys
 from pathlib import Path
 
+from helpers.wheels import DEBIAN_PYTHON, WHEELS, pip_download, python_version
 from pixi_deploy.testing.channel import build_channel, lock_workspace
 from pixi_deploy.testing.python_pkg import add_pypi_to_lock, python_wrapper_spec
 
-WHEELS = Path("/tmp/pixi-deploy-test-wheels")
-INTERPRETER = "/usr/bin/python3"
+INTERPRETER = DEBIAN_PYTHON
 CLOUDPICKLE = importlib.metadata.version("cloudpickle")
-
-
-def remote_python_version() -> str:
-    out = subprocess.run(
-        [INTERPRETER, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()
 
 
 def cloudpickle_wheel(dest: Path = WHEELS) -> Path:
     """The cloudpickle wheel of the version installed here (pip download; cached)."""
     found = sorted(dest.glob(f"cloudpickle-{CLOUDPICKLE}-*.whl"))
     if not found:
-        dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                f"cloudpickle=={CLOUDPICKLE}",
-                "--no-deps",
-                "--only-binary=:all:",
-                "-d",
-                str(dest),
-                "--quiet",
-            ],
-            check=True,
-            timeout=600,
-        )
+        pip_download([f"cloudpickle=={CLOUDPICKLE}"], ["--no-deps"], dest)
         found = sorted(dest.glob(f"cloudpickle-{CLOUDPICKLE}-*.whl"))
     return found[0]
 
 
 def make_executor_workspace(dest: Path, *, with_cloudpickle: bool = True) -> Path:
     """A locked workspace ``dest/workspace`` (linux-64) with python (+ cloudpickle)."""
-    version = remote_python_version()
+    version = python_version(INTERPRETER)
     channel = build_channel(
         dest / "channel", [python_wrapper_spec("linux-64", version, interpreter=INTERPRETER)]
     )
