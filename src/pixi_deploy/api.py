@@ -46,6 +46,7 @@ from pixi_deploy.workspace import (
 if TYPE_CHECKING:
     from pixi_deploy.code.remote import CodeStore
     from pixi_deploy.containers.image import ImageOptions, ImageResult
+    from pixi_deploy.project import CodeShipping
     from pixi_deploy.slurm.job import Job
     from pixi_deploy.slurm.spec import JobResources
     from pixi_deploy.transport import Transport
@@ -579,6 +580,73 @@ def submit(
         env=dict(env or {}),
     )
     return shipping.submit(client, spec)
+
+
+def prepare_code(
+    *,
+    manifest_path: PathLike | None = None,
+    pre_deployed: bool = False,
+    payload: PathLike | None = None,
+    extra_files: Sequence[PathLike] = (),
+    task: str | None = None,
+    task_args: Sequence[str] = (),
+    environment: str | None = None,
+    platform: str | None = None,
+    cache_dir: PathLike | None = None,
+    reporter: Reporter | None = None,
+) -> CodeShipping:
+    """A run's code as :func:`submit` ships it, for callers that start the run themselves
+    (Dagster's jobs and session steps): the workspace's snapshot with ``payload`` and
+    ``extra_files`` in it, the task planned, all checked before anything goes over the
+    network. ``pre_deployed``: the environment is not the workspace's own deploy (the
+    workspace is then optional). Then ``send()``, ``command()`` and ``resending()``."""
+    from pixi_deploy.project import CodeShipping
+
+    return CodeShipping.start(
+        manifest_path,
+        "pre-deployed" if pre_deployed else None,
+        True,
+        None,
+        task,
+        task_args,
+        environment,
+        platform,
+        cache_dir,
+        reporter or NullReporter(),
+        payload=Path(payload) if payload is not None else None,
+        extra_files=tuple(extra_files),
+    )
+
+
+def metadata_on_cluster(
+    environment_path: str, transport: Transport | None = None
+) -> DeploymentMetadata:
+    """The deployment metadata of an environment already on the cluster (one round trip)."""
+    return _metadata_on_cluster(
+        deployment=None, environment_path=environment_path, transport=transport
+    )
+
+
+def task_command(
+    task: str,
+    task_args: Sequence[str] = (),
+    *,
+    manifest_path: PathLike | None = None,
+    environment: str | None = None,
+    platform: str | None = None,
+) -> tuple[list[str], Path, dict[str, str]]:
+    """(argv, cwd, variables) that run ``task`` here, in the workspace, in whatever
+    environment the caller is in (Dagster's local mode: no deploy, as its payloads run
+    with the local Python)."""
+    from pixi_deploy import project
+    from pixi_deploy.workspace import current_platform
+
+    workspace = load_workspace(Path(manifest_path) if manifest_path else None)
+    name = project.task_environment(workspace, task, environment, platform)
+    argv, _, env = project.local_command(
+        workspace, task_args, task, name, platform or current_platform()
+    )
+    return argv, workspace.root, env
 
 
 def _dependency(dependency: str | None, after: Sequence[Job | str]) -> str | None:

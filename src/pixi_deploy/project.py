@@ -10,21 +10,25 @@ is deployed.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pixi_deploy.code.checkout import CodeCheckout, CodeSnapshotMissing, check_workdir
 from pixi_deploy.code.remote import CodeStore
 from pixi_deploy.code.select import CodeRules
-from pixi_deploy.code.snapshot import Snapshot, take_snapshot
+from pixi_deploy.code.snapshot import Snapshot, take_snapshot, with_files
 from pixi_deploy.errors import ConfigError, WorkspaceError
 from pixi_deploy.pack.fetch import default_cache_dir
 from pixi_deploy.progress import Reporter
 from pixi_deploy.store.metadata import DeploymentMetadata
 from pixi_deploy.tasks import TaskError, TaskPlan, environment_tasks, plan_task
 from pixi_deploy.workspace import DEFAULT_ENVIRONMENT, Workspace, current_platform, load_workspace
+
+T = TypeVar("T")
+#: where a payload from outside the workspace goes in the snapshot (beside, never over, its files)
+PAYLOAD_FOLDER = ".pixi-deploy-payload"
 
 if TYPE_CHECKING:
     from pixi_deploy.slurm.client import SlurmClient
@@ -45,12 +49,22 @@ def workspace_or_none(manifest_path: str | os.PathLike[str] | None) -> Workspace
 
 
 def snapshot_workspace(
-    workspace: Workspace, cache_dir: Path, reporter: Reporter, workdir: str | None = None
+    workspace: Workspace | None,
+    cache_dir: Path,
+    reporter: Reporter,
+    workdir: str | None = None,
+    files: Mapping[str, Path] | None = None,
 ) -> tuple[Snapshot, str]:
-    """The workspace's code snapshot and ``--workdir`` checked against it (relative)."""
-    rules = CodeRules.from_config(workspace.config)
-    reporter.step(f"taking the code snapshot of {workspace.root}")
-    snapshot = take_snapshot(workspace.root, rules, cache_dir)
+    """The workspace's code snapshot (with ``files`` added at their snapshot paths) and
+    ``--workdir`` checked against it (relative)."""
+    snapshot = None
+    if workspace is not None:
+        rules = CodeRules.from_config(workspace.config)
+        reporter.step(f"taking the code snapshot of {workspace.root}")
+        snapshot = take_snapshot(workspace.root, rules, cache_dir)
+    if files:
+        snapshot = with_files(snapshot, files, Path(next(iter(files.values()))).parent)
+    assert snapshot is not None, "a snapshot needs a workspace or files"
     relative = check_workdir(workdir)
     if relative and not snapshot.has_folder(relative):
         raise ConfigError(
@@ -61,6 +75,40 @@ def snapshot_workspace(
         f"code snapshot {snapshot.hash}: {len(snapshot.entries)} files, {snapshot.size / 1e6:.1f} MB"
     )
     return snapshot, relative
+
+
+def place_payload(
+    root: Path | None, payload: Path | None, extra_files: Sequence[str | os.PathLike[str]]
+) -> tuple[dict[str, Path], str]:
+    """Where a Dagster payload and its extra files go in the run's snapshot: (snapshot path ->
+    local file, the payload's folder there). A payload inside the workspace stays where it is
+    (its folder is the job's working directory, as its own folder is when it runs locally);
+    one from elsewhere goes into a folder of its own. Extra files sit next to the payload,
+    by name, as dagster-slurm places them."""
+    folder = ""
+    if payload is not None:
+        local = payload.resolve()
+        inside = root is not None and local.is_relative_to(root.resolve())
+        if root is not None and inside:
+            folder = local.parent.relative_to(root.resolve()).as_posix()
+            folder = "" if folder == "." else folder
+        elif root is not None:
+            folder = PAYLOAD_FOLDER
+    prefix = f"{folder}/" if folder else ""
+    files: dict[str, Path] = {}
+    for extra in extra_files:
+        name = Path(extra).name
+        if not Path(extra).is_file():
+            raise ConfigError(f"the extra file {extra} does not exist", "pass an existing file")
+        files[prefix + name] = Path(extra)
+    if payload is not None:
+        if prefix + payload.name in files:
+            raise ConfigError(
+                f"the extra file {files[prefix + payload.name]} has the payload's name",
+                "rename one of them",
+            )
+        files[prefix + payload.name] = payload
+    return files, folder
 
 
 def check_activation_shipped(
@@ -193,8 +241,13 @@ class CodeShipping:
         platform: str | None,
         cache_dir: str | os.PathLike[str] | None,
         reporter: Reporter,
+        payload: Path | None = None,
+        extra_files: Sequence[str | os.PathLike[str]] = (),
     ) -> CodeShipping:
-        """Everything that can be refused before the network: options, task plan, snapshot."""
+        """Everything that can be refused before the network: options, task plan, snapshot.
+
+        ``payload`` and ``extra_files`` (Dagster's) join the snapshot (:func:`place_payload`),
+        even without a workspace, and the run starts in the payload's folder."""
         if deployment is None:
             workspace: Workspace | None = load_workspace(
                 Path(manifest_path) if manifest_path else None
@@ -223,7 +276,13 @@ class CodeShipping:
                 environment,
                 candidate_platforms(workspace, environment, platform),
             )
-        if not code or workspace is None:
+        files: dict[str, Path] = {}
+        if payload is not None or extra_files:
+            if workdir:
+                raise ConfigError("a payload runs in its own folder; drop the workdir")
+            root = workspace.root if workspace is not None else None
+            files, workdir = place_payload(root, payload, extra_files)
+        if not code or (workspace is None and not files):
             if workdir and not workdir.startswith("/"):
                 raise ConfigError(
                     f"--workdir {workdir} is relative, but the job has no code snapshot",
@@ -231,8 +290,8 @@ class CodeShipping:
                 )
             snapshot, relative = None, ""
         folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        if code and workspace is not None:
-            snapshot, relative = snapshot_workspace(workspace, folder, reporter, workdir)
+        if code and (workspace is not None or files):
+            snapshot, relative = snapshot_workspace(workspace, folder, reporter, workdir, files)
         return cls(
             workspace, snapshot, relative, task, environment, folder, reporter, deployment is None
         )
@@ -263,14 +322,19 @@ class CodeShipping:
         return CodeCheckout(self.store.base, self.snapshot.hash, self.workdir)
 
     def submit(self, client: SlurmClient, spec: JobSpec) -> Job:
-        """sbatch; when the cluster no longer has the snapshot (pruned since this machine sent
-        it), send it again and submit once more."""
+        """sbatch, with :meth:`resending`."""
+        return self.resending(lambda: client.submit(spec))
+
+    def resending(self, start: Callable[[], T]) -> T:
+        """``start()`` (sbatch, a session step, a run on the login node); when the cluster no
+        longer has the snapshot (pruned since this machine sent it), send it again and start
+        once more."""
         try:
-            return client.submit(spec)
+            return start()
         except CodeSnapshotMissing:
             if self.store is None or self.snapshot is None:
                 raise
             self.reporter.step(f"code snapshot {self.snapshot.hash} was pruned; sending it again")
             self.store.forget(self.snapshot.hash)
             self.store.ensure(self.snapshot, self.reporter)
-            return client.submit(spec)
+            return start()

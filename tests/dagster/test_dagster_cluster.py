@@ -69,7 +69,9 @@ def test_slurm_mode_deploys_on_demand_then_reuses(
     assert meta["pixi_deploy_environment"] == meta["environment"]
     assert meta["pixi_deploy_deployed"] == "deployed"
     assert meta["pixi_deploy_platform"] == "linux-64"  # detected from the edge node
-    assert meta["cwd"].startswith(f"{fresh_base}/dagster/")
+    # the payload (from outside the workspace) runs in its folder of the run's code snapshot
+    assert meta["cwd"].startswith(f"{fresh_base}/runs/")
+    assert meta["cwd"].endswith("/work/.pixi-deploy-payload")
     (check,) = first.get_asset_check_evaluations()
     assert check.passed
     logs = [e.user_message for e in instance.all_logs(first.run_id)]

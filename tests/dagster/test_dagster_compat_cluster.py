@@ -96,7 +96,7 @@ def test_home_variable_in_remote_base_is_expanded_on_the_cluster(
         assert result.success
         meta = _meta(result, "where")
         assert meta["environment"].startswith(f"/home/{c.user}/{name}/envs/")
-        assert meta["cwd"].startswith(f"/home/{c.user}/{name}/dagster/")
+        assert meta["cwd"].startswith(f"/home/{c.user}/{name}/runs/")
     finally:
         cluster_transport.run(["rm", "-rf", f"/home/{c.user}/{name}"])
 

@@ -21,8 +21,8 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pixi_deploy.code.select import CodeRules, select_files
@@ -38,6 +38,9 @@ class SnapshotEntry:
     key: str  # object key (sha256 hex, + "x" if executable); "" for a symbolic link
     size: int
     link: str | None = None  # a symbolic link's target
+    #: the local file to read when it is not ``root/path`` (a Dagster payload placed into the
+    #: snapshot); not part of the hash, which names content and place only
+    origin: str | None = None
 
     @property
     def executable(self) -> bool:
@@ -66,6 +69,10 @@ class Snapshot:
     def by_path(self) -> dict[str, SnapshotEntry]:
         return {e.path: e for e in self.entries}
 
+    def source(self, entry: SnapshotEntry) -> Path:
+        """The local file an entry's content is read from."""
+        return Path(entry.origin) if entry.origin is not None else self.root / entry.path
+
     def has_folder(self, folder: str) -> bool:
         """Whether ``folder`` ("" = the root) holds at least one file of the snapshot."""
         prefix = folder.rstrip("/") + "/" if folder else ""
@@ -93,7 +100,7 @@ def take_snapshot(
     entries = []
     stamps = []
     for path in paths:
-        entry, stamp = _entry(root, path, index)
+        entry, stamp = _entry(root / path, path, index)
         entries.append(entry)
         stamps.append(stamp)
         if on_file is not None:
@@ -114,14 +121,29 @@ def take_snapshot(
     return Snapshot(root, frozen, digest_of(frozen))
 
 
+def with_files(snapshot: Snapshot | None, files: Mapping[str, Path], root: Path) -> Snapshot:
+    """``snapshot`` (or an empty one rooted at ``root``) with local files added at the given
+    paths, replacing a workspace file of the same path: a Dagster payload and its extra
+    files become part of the run's one snapshot rather than a separate upload."""
+    entries = {e.path: e for e in snapshot.entries} if snapshot is not None else {}
+    for path, local in files.items():
+        full = Path(local).resolve()
+        if not full.is_file():
+            raise WorkspaceError(f"{local} does not exist or is not a file", "pass an existing file")
+        entry, _ = _entry(full, path, None)
+        entries[path] = replace(entry, origin=str(full))
+    frozen = tuple(entries[p] for p in sorted(entries))
+    base = snapshot.root if snapshot is not None else root.resolve()
+    return Snapshot(base, frozen, digest_of(frozen))
+
+
 def _stamp(info: os.stat_result) -> tuple[int, int, int]:
     return (info.st_size, info.st_mtime_ns, info.st_ino)
 
 
 def _entry(
-    root: Path, path: str, index: _Index | None
+    full: Path, path: str, index: _Index | None
 ) -> tuple[SnapshotEntry, tuple[int, int, int]]:
-    full = root / path
     try:
         info = os.lstat(full)
         if stat.S_ISLNK(info.st_mode):

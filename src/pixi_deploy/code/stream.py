@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ def write_stream(
     stage = f".{snapshot.hash}.staging-{plan.nonce}"
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for entry in plan.send:
-            _add_object(tar, snapshot.root, entry, f"{incoming}/{entry.key}", advance)
+            _add_object(tar, snapshot.source(entry), entry, f"{incoming}/{entry.key}", advance)
         for entry in plan.tree:
             info = tarfile.TarInfo(f"{stage}/files/{entry.path}")
             info.mtime = 0
@@ -92,7 +93,7 @@ def write_stream(
 
 def _add_object(
     tar: tarfile.TarFile,
-    root: Path,
+    source_path: Path,
     entry: SnapshotEntry,
     name: str,
     advance: Callable[[int], None],
@@ -101,8 +102,8 @@ def _add_object(
     info.size = entry.size
     info.mode = 0o555 if entry.executable else 0o444
     try:
-        with open(root / entry.path, "rb") as source:
-            info.mtime = int(Path(root / entry.path).stat().st_mtime)
+        with open(source_path, "rb") as source:
+            info.mtime = int(os.fstat(source.fileno()).st_mtime)
             hashing = _Hashing(source, advance)
             tar.addfile(info, hashing)
     except (OSError, tarfile.TarError) as error:

@@ -30,7 +30,10 @@ import dagster as dg
 from dagster._core.pipes.client import PipesClientCompletedInvocation
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from pixi_deploy import api
 from pixi_deploy.errors import ConfigError
+from pixi_deploy.project import CodeShipping
+from pixi_deploy.store import DeploymentMetadata
 
 from .allocation import SharedAllocation, teardown_grace
 from .config.environment import MODES, ExecutionMode
@@ -141,7 +144,7 @@ class ComputeResource(StrictResource):
     def run(
         self,
         context: Any,
-        payload_path: str,
+        payload_path: str | None = None,
         launcher: ComputeLauncher | None = None,
         extra_slurm_opts: Mapping[str, Any] | None = None,
         resource_requirements: Mapping[str, Any] | None = None,
@@ -153,9 +156,12 @@ class ComputeResource(StrictResource):
         environment_name: str | None = None,
         metrics_collector: Any = None,
         slurm_metrics: Any = None,
+        task: str | None = None,
+        task_args: Sequence[str] = (),
         **kwargs: Any,
     ) -> PipesClientCompletedInvocation:
-        """Run the payload script with Dagster Pipes and return its results.
+        """Run the payload script (or ``task``, a task of the manifest, with ``task_args``)
+        with Dagster Pipes and return its results.
 
         Use ``.get_materialize_result()`` for one asset, ``.get_results()`` for multi-assets,
         ``.get_asset_check_result()`` in an asset check. ``extras=`` reach the payload as
@@ -166,12 +172,20 @@ class ComputeResource(StrictResource):
         ``config=SlurmRunConfig(...)`` (an asset's launchpad config) and asset metadata
         decide payload upload as in dagster-slurm. A failed payload fails the asset with the
         payload's own traceback.
+
+        The payload and ``extra_files`` travel in the run's code snapshot with the
+        workspace's files (a re-run with no change sends nothing). ``task=`` runs as
+        ``pixi-deploy submit --task`` does (depends-on, args, env, cwd; in the code snapshot,
+        in the deployed environment); in mode ``local`` it runs in the workspace with the
+        environment this process has, as payloads do. Its process gets the Pipes variables,
+        so a task whose command uses ``dagster_pipes`` reports to Dagster.
         """
         context = pipes_context(context)
         self._warn_once(context)
+        _check_payload_or_task(payload_path, task, skip_payload_upload, remote_payload_path)
         options = resolve(
             context,
-            payload_path,
+            payload_path or "",
             explicit={
                 "force_env_push": force_env_push,
                 "skip_payload_upload": skip_payload_upload,
@@ -194,27 +208,48 @@ class ComputeResource(StrictResource):
             chosen.to_core()  # raises: not built
         timeout = kwargs.get("poll_timeout")
         timeout = timeout if timeout is not None else self.poll_timeout
+        if task is not None:
+            options.remote_payload = None  # a task runs from the code snapshot
         if self.mode == "local":
+            command: list[str] | None = None
+            cwd: str | None = None
+            env: dict[str, str] = {}
+            if task is not None:
+                command, where, env = api.task_command(
+                    task,
+                    task_args,
+                    manifest_path=self.manifest_path,
+                    environment=options.environment,
+                    platform=self._platform(),
+                )
+                cwd = str(where)
             return run_local(
                 context,
                 payload_path,
                 python=self.local_python or sys.executable,
-                extra_env=kwargs.get("extra_env"),
+                extra_env={**env, **(kwargs.get("extra_env") or {})},
                 extras=kwargs.get("extras"),
+                cwd=cwd,
                 timeout=timeout,
+                command=command,
             )
         overrides = {**(resource_requirements or {}), **(extra_slurm_opts or {})}
-        return self._run_remote(context, payload_path, chosen, overrides, options, kwargs, timeout)
+        code = self.prepare_code(context, options, payload_path, task, task_args)
+        return self._run_remote(
+            context, payload_path, chosen, overrides, options, kwargs, timeout, code, task_args
+        )
 
     def _run_remote(
         self,
         context: Any,
-        payload_path: str,
+        payload_path: str | None,
         chosen: ComputeLauncher,
         overrides: dict[str, Any],
         options: RunOptions,
         kwargs: Mapping[str, Any],
         timeout: float | None,
+        code: CodeShipping,
+        task_args: Sequence[str],
     ) -> PipesClientCompletedInvocation:
         from .remote import RemoteRun, StepAllocation, run_id, run_remote
 
@@ -249,20 +284,21 @@ class ComputeResource(StrictResource):
             from pixi_deploy.slurm import JobResources
 
             resources = JobResources(nodes=shared.resources.nodes)  # the step gets all nodes
-        env_path, facts = self._environment(context, slurm, options)
+        environment, facts = self._environment(context, slurm, options, code)
         return run_remote(
             context,
             payload_path,
             RemoteRun(
                 slurm=slurm,
-                environment_path=env_path,
+                environment=environment,
                 launcher=chosen.to_core(),
                 resources=resources,
                 allocation=allocation,
                 remote_payload=options.remote_payload,
                 extra_env=dict(kwargs.get("extra_env") or {}),
                 extras=dict(kwargs.get("extras") or {}),
-                extra_files=options.extra_files,
+                code=code,
+                command=code.command(task_args, environment) if code.task else None,
                 timeout=timeout,
                 debug_mode=self.debug_mode,
                 debug_dir=self.debug_dir,
@@ -299,7 +335,7 @@ class ComputeResource(StrictResource):
     def deploy(self, context: Any) -> str:
         """Deploy (or find) the environment now and return its path on the cluster, e.g. in
         a first asset so that later ones start at once."""
-        return self._environment(context, self._slurm(), RunOptions())[0]
+        return self._environment(context, self._slurm(), RunOptions())[0].deployment_path
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         # Dagster also tears the nested SessionResource down; releasing twice is harmless and
@@ -313,12 +349,42 @@ class ComputeResource(StrictResource):
             shared.release(grace=teardown_grace(grace))
 
     # -- helpers --------------------------------------------------------------------------
-    def environment_facts(self, context: Any, options: RunOptions) -> tuple[str, dict[str, Any]]:
-        return self._environment(context, self._slurm(), options)
+    def prepare_code(
+        self,
+        context: Any,
+        options: RunOptions,
+        payload_path: str | None,
+        task: str | None = None,
+        task_args: Sequence[str] = (),
+    ) -> CodeShipping:
+        """The run's code snapshot (workspace, payload, extra files) and task, checked."""
+        from .remote import log_reporter
+
+        payload = payload_path if options.remote_payload is None and task is None else None
+        return api.prepare_code(
+            manifest_path=self.manifest_path,
+            pre_deployed=bool(options.pre_deployed_env_path or self.pre_deployed_env_path),
+            payload=payload,
+            extra_files=options.extra_files,
+            task=task,
+            task_args=task_args,
+            environment=self._environment_name(options),
+            platform=self._platform(),
+            reporter=log_reporter(context),
+        )
+
+    def environment_facts(
+        self, context: Any, options: RunOptions, code: CodeShipping | None = None
+    ) -> tuple[DeploymentMetadata, dict[str, Any]]:
+        return self._environment(context, self._slurm(), options, code)
 
     def _environment(
-        self, context: Any, slurm: SlurmResource, options: RunOptions
-    ) -> tuple[str, dict[str, Any]]:
+        self,
+        context: Any,
+        slurm: SlurmResource,
+        options: RunOptions,
+        code: CodeShipping | None = None,
+    ) -> tuple[DeploymentMetadata, dict[str, Any]]:
         from .remote import ensure_environment
 
         return ensure_environment(
@@ -326,9 +392,13 @@ class ComputeResource(StrictResource):
             slurm,
             pre_deployed_env_path=options.pre_deployed_env_path or self.pre_deployed_env_path,
             manifest_path=self.manifest_path,
-            environment=options.environment or self.default_environment_name or self.environment,
+            environment=(code.environment if code else None) or self._environment_name(options),
             platform=self._platform(),
+            need_metadata=code is not None and code.task is not None,
         )
+
+    def _environment_name(self, options: RunOptions) -> str | None:
+        return options.environment or self.default_environment_name or self.environment
 
     def _shared_run_allocation(self, context: Any) -> SharedAllocation:
         from .remote import run_id
@@ -363,6 +433,26 @@ class ComputeResource(StrictResource):
         if self.pack_platform:
             return self.pack_platform
         return None if self.auto_detect_platform else "linux-64"
+
+
+def _check_payload_or_task(
+    payload_path: str | None,
+    task: str | None,
+    skip_payload_upload: bool | None,
+    remote_payload_path: str | None,
+) -> None:
+    if (payload_path is None) == (task is None):
+        raise ConfigError(
+            "ComputeResource.run() needs a payload_path or a task, not "
+            + ("both" if task else "neither"),
+            "pass payload_path=... (a Python script) or task=... (a task of the manifest)",
+        )
+    if task is not None and (skip_payload_upload or remote_payload_path):
+        raise ConfigError(
+            f"task={task!r} runs from the code snapshot; skip_payload_upload and "
+            "remote_payload_path do not apply",
+            "drop them, or run a payload already on the cluster with payload_path=...",
+        )
 
 
 def _step_resources(overrides: Mapping[str, Any]) -> Any:

@@ -91,7 +91,10 @@ def run_hetjob(
         slurm.queue.job_resources({**COMPONENT_DEFAULTS, **dict(requirements)})
         for _, _, requirements in assets
     ]
-    env_path, facts = compute.environment_facts(context, RunOptions())
+    codes = {
+        name: compute.prepare_code(context, RunOptions(), payload) for name, payload, _ in assets
+    }
+    environment, facts = compute.environment_facts(context, RunOptions())
     session = SlurmSession(
         slurm.client(),
         components[0],
@@ -112,7 +115,8 @@ def run_hetjob(
             launcher = merge_launcher(compute.default_launcher, launchers.get(name))
             run = RemoteRun(
                 slurm=slurm,
-                environment_path=env_path,
+                environment=environment,
+                code=codes[name],
                 launcher=launcher.to_core(),
                 resources=_step_size(components[index]),
                 allocation=StepAllocation(

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,19 +32,25 @@ _TERMINATION_GRACE = 20.0
 
 def run_local(
     context: AssetExecutionContext | OpExecutionContext,
-    payload_path: str,
+    payload_path: str | None,
     *,
     python: str | None = None,
     extra_env: Mapping[str, str] | None = None,
     extras: Mapping[str, Any] | None = None,
     cwd: str | None = None,
     timeout: float | None = None,
+    command: Sequence[str] | None = None,
 ) -> PipesClientCompletedInvocation:
-    """Run ``python payload_path`` locally inside a Pipes session and return its results."""
-    payload = Path(payload_path)
-    if not payload.is_file():
-        raise DagsterPipesExecutionError(f"payload {payload_path} does not exist")
+    """Run ``python payload_path`` (or ``command``: a task's) locally inside a Pipes session
+    and return its results."""
     interpreter = python or sys.executable
+    if command is None:
+        payload = Path(payload_path or "")
+        if payload_path is None or not payload.is_file():
+            raise DagsterPipesExecutionError(f"payload {payload_path} does not exist")
+        command, shown = [interpreter, str(payload)], f"payload {payload.name}"
+    else:
+        shown = "the task"
     reader = ExceptionCapturingReader(PipesTempFileMessageReader())
     output = OutputForwarder()
     with open_pipes_session(
@@ -60,7 +66,7 @@ def run_local(
             **session.get_bootstrap_env_vars(),
         }
         process = subprocess.Popen(
-            [interpreter, str(payload)],
+            list(command),
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
@@ -84,7 +90,7 @@ def run_local(
     if code != 0:
         raise DagsterPipesExecutionError(
             failure_text(
-                f"payload {payload.name} failed with exit code {code} (local mode)",
+                f"{shown} failed with exit code {code} (local mode)",
                 reader.remote_traceback(),
                 output.stderr_tail(),
             )

@@ -1,10 +1,13 @@
 """Modes ``slurm`` and ``slurm-session``: make sure the environment is on the cluster, then run
 the payload in it as a Slurm job (or as a step of the shared allocation) inside a Pipes session.
 
-Every asset run gets a folder ``<base>/dagster/<dagster run id>/<step>-<random>/`` on the
-cluster with the payload, the Pipes context and the Pipes message file; the job runs there
-(it is the job's working directory), so extra files sit next to the payload as in
-dagster-slurm. The folder is removed afterwards unless ``debug_mode`` (or a failure with
+The payload and its extra files travel in the run's code snapshot, with the workspace's
+files (:func:`pixi_deploy.api.prepare_code`): content-addressed, so a re-run with nothing
+changed sends nothing, and an edit sends about the edited file. The job starts in its own
+working copy of the snapshot, in the payload's folder, so extra files sit next to the
+payload as in dagster-slurm. Every asset run also gets a folder
+``<base>/dagster/<dagster run id>/<step>-<random>/`` for the Pipes context and message file;
+it is removed afterwards unless ``debug_mode`` (or a failure with
 ``cleanup_on_failure=False``) asks to keep it.
 
 Cancellation: Dagster stops a run by raising DagsterExecutionInterruptedError (or
@@ -32,7 +35,9 @@ from dagster._core.pipes.utils import open_pipes_session
 
 from pixi_deploy import api
 from pixi_deploy.errors import ConfigError
+from pixi_deploy.project import CodeShipping
 from pixi_deploy.slurm import JobResources, JobResult, JobSpec, SlurmSession
+from pixi_deploy.store import DeploymentMetadata
 
 from .pipes import (
     ExceptionCapturingReader,
@@ -66,17 +71,21 @@ class StepAllocation:
 class RemoteRun:
     """Everything one asset run on the cluster needs, resolved by ComputeResource.
 
-    ``remote_payload`` set means "do not upload: run this file already on the cluster"."""
+    ``remote_payload`` set means "do not upload: run this file already on the cluster".
+    ``code`` is the run's code snapshot (the workspace, the payload, the extra files), sent
+    before the job starts (nothing moves when the cluster has it); ``command`` (a task's)
+    replaces ``python payload``."""
 
     slurm: SlurmResource
-    environment_path: str
+    environment: DeploymentMetadata
     launcher: Any
     resources: JobResources
     allocation: StepAllocation | None = None
     remote_payload: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
     extras: Mapping[str, Any] = field(default_factory=dict)
-    extra_files: Sequence[str] = ()
+    code: CodeShipping | None = None
+    command: Sequence[str] | None = None
     timeout: float | None = None
     debug_mode: bool = False
     debug_dir: str | None = None
@@ -102,11 +111,13 @@ def ensure_environment(
     manifest_path: str | None,
     environment: str | None,
     platform: str | None,
-) -> tuple[str, dict[str, Any]]:
-    """The environment's path on the cluster, deployed now if needed, and facts for metadata.
+    need_metadata: bool = False,
+) -> tuple[DeploymentMetadata, dict[str, Any]]:
+    """The environment on the cluster, deployed now if needed, and facts for metadata.
 
     A pre-deployed path is only checked (one round trip), never packed: a path that does not
-    exist or was pruned fails here, before anything is submitted.
+    exist or was pruned fails here, before anything is submitted. Its metadata is read only
+    when ``need_metadata`` (a task is planned for its platform).
     """
     transport = slurm.transport()
     if pre_deployed_env_path:
@@ -118,14 +129,19 @@ def ensure_environment(
                 "deploy it again with `pixi-deploy deploy --target ssh`, or unset "
                 "pre_deployed_env_path to deploy on demand",
             )
-        return path, {"pixi_deploy_environment": path, "pixi_deploy_deployed": "pre-deployed"}
+        found = (
+            api.metadata_on_cluster(path, transport)
+            if need_metadata
+            else DeploymentMetadata.at(path)
+        )
+        return found, {"pixi_deploy_environment": path, "pixi_deploy_deployed": "pre-deployed"}
     metadata = api.deploy(
         manifest_path=manifest_path,
         environment=environment,
         platform=platform,
         target="ssh",
         base=slurm.base_path(),
-        reporter=_LogReporter(context),
+        reporter=log_reporter(context),
         transport=transport,
     )
     verb = "reused" if metadata.reused else "deployed"
@@ -133,7 +149,7 @@ def ensure_environment(
         f"[pixi-deploy] {verb} environment {metadata.environment} ({metadata.platform}) "
         f"at {metadata.deployment_path}"
     )
-    return metadata.deployment_path, {
+    return metadata, {
         "pixi_deploy_environment": metadata.deployment_path,
         "pixi_deploy_deployed": verb,
         "pixi_deploy_platform": metadata.platform,
@@ -142,26 +158,31 @@ def ensure_environment(
 
 
 def run_remote(
-    context: Context, payload_path: str, run: RemoteRun
+    context: Context, payload_path: str | None, run: RemoteRun
 ) -> PipesClientCompletedInvocation:
-    """Upload the payload, run it on the cluster in a Pipes session, return its results."""
-    payload = Path(payload_path)
+    """Send the run's code snapshot (payload and extra files in it), run the payload (or the
+    task) on the cluster in a Pipes session, return its results."""
     transport = run.slurm.transport()
     folder = f"{run.slurm.base_path()}/dagster/{_run_id(context)}/{_step_name(context)}"
     if run.remote_payload:
-        remote_payload = run.remote_payload
-        if not transport.exists(remote_payload):
+        if not transport.exists(run.remote_payload):
             raise DagsterPipesExecutionError(
-                f"the payload {remote_payload} is not on the cluster (skip_payload_upload is "
+                f"the payload {run.remote_payload} is not on the cluster (skip_payload_upload is "
                 "set, so it was not uploaded); deploy it there or upload it"
             )
+        command = [run.slurm.remote_python, "-u", run.remote_payload]
+        shown = Path(run.remote_payload).name
+    elif run.command is not None:
+        command, shown = list(run.command), "task"
     else:
-        if not payload.is_file():
-            raise DagsterPipesExecutionError(f"payload {payload_path} does not exist")
-        remote_payload = f"{folder}/{payload.name}"
-        transport.put_bytes(payload.read_bytes(), remote_payload)
-    for extra in run.extra_files:
-        transport.put_bytes(Path(extra).read_bytes(), f"{folder}/{Path(extra).name}")
+        assert payload_path is not None, "a payload or a command"
+        command = [run.slurm.remote_python, "-u", Path(payload_path).name]
+        shown = Path(payload_path).name
+    checkout = None
+    if run.code is not None:
+        checkout = run.code.send(transport, run.slurm.base_path(), run.environment)
+    if checkout is not None:
+        run.metadata["pixi_deploy_code_snapshot"] = checkout.snapshot
     reader = ExceptionCapturingReader(
         RemoteFileMessageReader(transport, f"{folder}/messages.jsonl")
     )
@@ -175,8 +196,8 @@ def run_remote(
             extras=dict(run.extras),
         ) as session:
             spec = JobSpec(
-                command=[run.slurm.remote_python, "-u", remote_payload],
-                environment_path=run.environment_path,
+                command=command,
+                environment_path=run.environment.deployment_path,
                 name=f"dagster-{_step_name(context, unique=False)}",
                 resources=run.resources,
                 env={
@@ -184,7 +205,8 @@ def run_remote(
                     "PYTHONUNBUFFERED": "1",
                     **session.get_bootstrap_env_vars(),
                 },
-                workdir=folder,
+                workdir=folder if checkout is None else None,
+                code=checkout,
                 launcher=run.launcher,
             )
             if run.debug_mode:
@@ -204,7 +226,7 @@ def run_remote(
     if not result.ok:
         raise DagsterPipesExecutionError(
             failure_text(
-                f"the payload {Path(remote_payload).name} failed on the cluster: "
+                f"the payload {shown} failed on the cluster: "
                 f"{result.message()}",
                 reader.remote_traceback(),
                 result.stderr_tail or output.stderr_tail(),
@@ -217,7 +239,8 @@ def run_remote(
 
 
 def _run_job(context: Context, run: RemoteRun, spec: JobSpec, output: OutputForwarder) -> JobResult:
-    job = run.slurm.client().submit(spec)
+    client = run.slurm.client()
+    job = run.code.submit(client, spec) if run.code is not None else client.submit(spec)
     context.log.info(f"[pixi-deploy] submitted Slurm job {job.id} (run folder {job.run_dir})")
     run.metadata["slurm_job_id"] = job.id
     try:
@@ -244,14 +267,17 @@ def _run_step(
     group = f" (component {allocation.het_group})" if allocation.het_group is not None else ""
     context.log.info(f"[pixi-deploy] running as a step of the {allocation.label} {holder}{group}")
     run.metadata["slurm_job_id"] = holder
-    try:
-        result = session.run(
+    def step() -> JobResult:
+        return session.run(
             spec,
             timeout=run.timeout,
             on_stdout=output.on_stdout,
             on_stderr=output.on_stderr,
             het_group=allocation.het_group,
         )
+
+    try:
+        result = run.code.resending(step) if run.code is not None else step()
     except BaseException:  # the step's srun died with its channel; free the allocation too
         context.log.warning(f"[pixi-deploy] releasing the {allocation.label} {holder}")
         with contextlib.suppress(Exception):
@@ -309,6 +335,11 @@ def _keep_debug_copy(context: Context, spec: JobSpec, folder: str, run: RemoteRu
     }
     (local / "job.json").write_text(json.dumps(summary, indent=2) + "\n")
     context.log.info(f"[pixi-deploy] debug_mode: submission details kept in {local.resolve()}")
+
+
+def log_reporter(context: Context) -> Any:
+    """Progress of deploys and code uploads as the run's log lines."""
+    return _LogReporter(context)
 
 
 class _LogReporter:

@@ -31,13 +31,19 @@ ln -sfn "../$rid" "$base/runs/by-id/$id"
 printf '%s\n' "$id"
 """
 
-# Prepare a session step's folder (no sbatch).  $1 = run dir, $2 = environment ('' = none)
+# Prepare a session step's folder, or a run on the login node (no sbatch); a code snapshot
+# is checked and its use recorded as for SUBMIT.
+# $1 = run dir, $2 = environment ('' = none), $3 = code snapshot folder ('' or absent = none)
 PREPARE = r"""
 set -e
 umask 077
-run=$1; env=$2
+run=$1; env=$2; code=${3:-}
 if [ -n "$env" ] && [ ! -f "$env/activate.sh" ]; then
   echo "pixi-deploy-missing-environment" >&2; exit 97
+fi
+if [ -n "$code" ]; then
+  [ -f "$code/snapshot.json" ] || { echo "pixi-deploy-missing-code" >&2; exit 96; }
+  touch -c "$code/snapshot.json" 2>/dev/null || :
 fi
 mkdir -p "$run"
 tar -xf - -C "$run"

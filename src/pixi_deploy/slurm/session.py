@@ -179,7 +179,10 @@ class SlurmSession:
         assert self.job is not None
         transport = self.client.transport
         try:
-            transport.run_script(remote.PREPARE, [run_dir, spec.environment_path or ""], input=data)
+            code = spec.code.snapshot_dir if spec.code else ""
+            transport.run_script(
+                remote.PREPARE, [run_dir, spec.environment_path or "", code], input=data
+            )
         except RemoteCommandError as error:
             raise submit_error(error, spec) from error
         out: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
