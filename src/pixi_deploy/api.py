@@ -18,9 +18,10 @@ environment variables the README names), and returns data rather than printing::
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -340,13 +341,53 @@ def run(
     inject: Sequence[PathLike] = (),
     task: str | None = None,
     reporter: Reporter | None = None,
+    target: str = "local",
+    code: bool = True,
+    workdir: str | None = None,
+    build_sdists: bool = False,
+    on_stdout: Callable[[str], None] | None = None,
+    on_stderr: Callable[[str], None] | None = None,
+    transport: Transport | None = None,
 ) -> int:
-    """Run ``command`` in a local deployment (deployed first unless ``deployment`` names a
+    """Run ``command`` in a deployment (deployed first unless ``deployment`` names a
     deployment_metadata.json); returns its exit code.
 
     With ``task``, runs that task of the manifest (``command`` are its arguments) as ``pixi
-    run`` would: dependencies first, in the workspace's root (``PIXI_PROJECT_ROOT``)."""
+    run`` would: dependencies first, in the workspace's root (``PIXI_PROJECT_ROOT``).
+
+    ``target="ssh"`` runs it on the cluster's login node, in the environment deployed there
+    and in a working copy of the workspace's code snapshot, as :func:`submit` would but at
+    once and without Slurm (:mod:`pixi_deploy.slurm.login`): output lines go to
+    ``on_stdout`` / ``on_stderr`` (default: this process's), ``code`` / ``workdir`` as for
+    :func:`submit`, and an interrupt (KeyboardInterrupt, SIGTERM) stops the remote process."""
     from pixi_deploy import project
+
+    if target == "ssh":
+        return _run_on_login_node(
+            command,
+            manifest_path=manifest_path,
+            environment=environment,
+            platform=platform,
+            base=base,
+            deployment=deployment,
+            cache_dir=cache_dir,
+            inject=inject,
+            build_sdists=build_sdists,
+            task=task,
+            code=code,
+            workdir=workdir,
+            reporter=reporter or NullReporter(),
+            on_stdout=on_stdout or _print_to(sys.stdout),
+            on_stderr=on_stderr or _print_to(sys.stderr),
+            transport=transport,
+        )
+    if target != "local":
+        raise _unknown_target(target)
+    if workdir or not code:
+        raise ConfigError(
+            "--workdir and --no-code apply to --target ssh",
+            "a local run uses the workspace itself; drop them",
+        )
 
     workspace = project.workspace_or_none(manifest_path) if deployment is not None else None
     if task is not None and deployment is not None and workspace is None:
@@ -359,7 +400,9 @@ def run(
             workspace, command, task, metadata.environment, metadata.platform
         )
         return run_in_environment(Path(metadata.deployment_path), argv, cwd=cwd, env=env)
-    request = EnvironmentRequest(manifest_path, environment, platform, cache_dir, tuple(inject))
+    request = EnvironmentRequest(
+        manifest_path, environment, platform, cache_dir, tuple(inject), build_sdists
+    )
     if task is not None:
         ws = load_workspace(Path(manifest_path) if manifest_path else None)
         request = replace(
@@ -373,6 +416,88 @@ def run(
     store = LocalStore(local_base(preparation.workspace, base), preparation.cache)
     metadata = store.deploy(resolved, reporter=preparation.reporter)
     return store.run(metadata, argv, cwd=cwd, env=env)
+
+
+def _run_on_login_node(
+    command: Sequence[str],
+    *,
+    manifest_path: PathLike | None,
+    environment: str | None,
+    platform: str | None,
+    base: PathLike | None,
+    deployment: PathLike | None,
+    cache_dir: PathLike | None,
+    inject: Sequence[PathLike],
+    build_sdists: bool,
+    task: str | None,
+    code: bool,
+    workdir: str | None,
+    reporter: Reporter,
+    on_stdout: Callable[[str], None],
+    on_stderr: Callable[[str], None],
+    transport: Transport | None,
+) -> int:
+    from pixi_deploy.project import CodeShipping
+    from pixi_deploy.slurm.login import run_on_login_node
+    from pixi_deploy.slurm.spec import JobSpec
+
+    shipping = CodeShipping.start(  # every check that needs no network comes first
+        manifest_path,
+        deployment,
+        code,
+        workdir,
+        task,
+        command,
+        environment,
+        platform,
+        cache_dir,
+        reporter,
+    )
+    transport = transport or _transport()
+    root = transport.expand_path(str(base)) if base else transport.base_path
+    if not root:
+        raise ConfigError(
+            "SLURM_DEPLOYMENT_BASE_PATH is not set", "set it, or pass --base with --target ssh"
+        )
+    metadata = _metadata_on_cluster(
+        deployment=deployment,
+        manifest_path=manifest_path,
+        environment=shipping.environment,
+        platform=platform,
+        cache_dir=cache_dir,
+        inject=inject,
+        build_sdists=build_sdists,
+        base=root,
+        reporter=reporter,
+        transport=transport,
+    )
+    argv = shipping.command(command, metadata)
+    checkout = shipping.send(transport, root, metadata)
+    spec = JobSpec(
+        command=argv,
+        environment_path=metadata.deployment_path,
+        name="pixi-deploy-run",
+        code=checkout,
+        workdir=workdir if checkout is None else None,
+    )
+    return shipping.resending(
+        lambda: run_on_login_node(
+            transport,
+            root,
+            spec,
+            on_stdout,
+            on_stderr,
+            on_start=lambda run_dir: reporter.step(f"running on the login node in {run_dir}"),
+        )
+    )
+
+
+def _print_to(stream: Any) -> Callable[[str], None]:
+    def write(line: str) -> None:
+        stream.write(line + "\n")
+        stream.flush()
+
+    return write
 
 
 def open_store(

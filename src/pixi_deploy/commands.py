@@ -25,7 +25,6 @@ from pixi_deploy.cli_options import (
     stderr,
     stdout,
 )
-from pixi_deploy.errors import ConfigError
 from pixi_deploy.render import RichReporter
 
 TargetOpt = Annotated[
@@ -260,14 +259,29 @@ def run(
             help="Run this task of the manifest, as `pixi run NAME` would (in the workspace)",
         ),
     ] = None,
+    code: Annotated[
+        bool,
+        typer.Option(
+            "--code/--no-code",
+            help="With --target ssh: ship the workspace's files and run in a working copy of "
+            "them (as submit does)",
+        ),
+    ] = True,
+    workdir: Annotated[
+        str | None,
+        typer.Option(
+            "--workdir",
+            help="With --target ssh: folder of the code snapshot to start in (with --no-code, "
+            "an absolute folder on the cluster)",
+        ),
+    ] = None,
+    inject: InjectOpt = None,
+    build_sdists: BuildSdistsOpt = False,
 ) -> None:
     """Run a command (or a task of the manifest) inside a deployed environment, deploying it
-    first if needed; exits with its code."""
-    if target != "local":
-        raise ConfigError(
-            f"`run` runs on the local target, not '{target}'", "use `pixi-deploy submit` for Slurm"
-        )
-    code = api.run(
+    first if needed; exits with its code. With --target ssh it runs on the cluster's login
+    node, output streamed, Ctrl-C stopping it there (for real work use `submit`)."""
+    status = api.run(
         command or [],
         manifest_path=manifest_path,
         environment=environment,
@@ -275,10 +289,15 @@ def run(
         base=base,
         deployment=deployment,
         cache_dir=cache_dir,
+        inject=inject or (),
+        build_sdists=build_sdists,
         task=task,
-        reporter=_reporter(True),
+        target=target,
+        code=code,
+        workdir=workdir,
+        reporter=_reporter(target == "local"),
     )
-    raise typer.Exit(code)
+    raise typer.Exit(status)
 
 
 def list_command(

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from helpers.connections import CutReporter
-from helpers.project import make_project, run_git
+from helpers.project import SETUP
 from pixi_deploy import api
 from pixi_deploy.code.remote import CodeStore
 from pixi_deploy.code.select import CodeRules
@@ -25,55 +23,6 @@ from pixi_deploy.slurm import JobResources
 from pixi_deploy.transport import Transport
 
 pytestmark = pytest.mark.cluster
-
-ACTIVATION = """
-[activation]
-scripts = ["scripts/setup.sh"]
-env = { DATA_DIR = "$PIXI_PROJECT_ROOT/data", FROM_SCRIPT = "$SETUP_RAN" }
-
-[target.linux-64.activation.env]
-ON_LINUX = "yes"
-
-[tasks]
-prepare = "mkdir -p outputs && echo prepared >> outputs/log && echo PREPARE in $(pwd)"
-train = { cmd = "python train.py --epochs {{ epochs }} --lr {{ lr }}", args = ["epochs", { arg = "lr", default = "0.01" }], depends-on = ["prepare"], env = { MODE = "fast" } }
-show = "echo root=$PIXI_PROJECT_ROOT data=$DATA_DIR script=$FROM_SCRIPT linux=$ON_LINUX env=$PIXI_ENVIRONMENT_NAME default=$CONDA_DEFAULT_ENV; cat outputs/log 2>/dev/null || true"
-"""
-SETUP = 'export SETUP_RAN="setup.sh from $PIXI_PROJECT_ROOT"\n'
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cluster-project")
-    workspace = make_project(root, ACTIVATION, git=False)
-    (workspace / "scripts").mkdir()
-    (workspace / "scripts" / "setup.sh").write_text(SETUP)
-    run_git(workspace, "init", "-q")
-    run_git(workspace, "add", "-A")
-    run_git(workspace, "commit", "-q", "-m", "first")
-    return workspace
-
-
-@pytest.fixture
-def project(template: Path, tmp_path: Path, ssh_env, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private copy of the project, the current folder, with a private base and cache."""
-    import shutil
-
-    workspace = tmp_path / "project"
-    shutil.copytree(template, workspace, symlinks=True)
-    monkeypatch.setenv(
-        "SLURM_DEPLOYMENT_BASE_PATH", f"{ssh_env.base_path}/code-{uuid.uuid4().hex[:8]}"
-    )
-    monkeypatch.setenv("PIXI_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.chdir(workspace)
-    return workspace
-
-
-@pytest.fixture
-def remote(ssh_settings, project: Path) -> Iterator[Transport]:
-    """A connection whose base path is this test's own (as the API's default one has)."""
-    with Transport(replace(ssh_settings, base_path=_base())) as t:
-        yield t
 
 
 def _base() -> str:

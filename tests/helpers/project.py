@@ -32,6 +32,24 @@ with open("outputs/result.txt", "w") as out:
 MODEL = 'VERSION = "v1"\n\n\ndef describe():\n    return "model " + VERSION\n'
 
 
+#: manifest activation (scripts, env, a target's env) and tasks (depends-on, args, env) that
+#: the cluster tests of the project use; SETUP is its activation script scripts/setup.sh
+ACTIVATION = """
+[activation]
+scripts = ["scripts/setup.sh"]
+env = { DATA_DIR = "$PIXI_PROJECT_ROOT/data", FROM_SCRIPT = "$SETUP_RAN" }
+
+[target.linux-64.activation.env]
+ON_LINUX = "yes"
+
+[tasks]
+prepare = "mkdir -p outputs && echo prepared >> outputs/log && echo PREPARE in $(pwd)"
+train = { cmd = "python train.py --epochs {{ epochs }} --lr {{ lr }}", args = ["epochs", { arg = "lr", default = "0.01" }], depends-on = ["prepare"], env = { MODE = "fast" } }
+show = "echo root=$PIXI_PROJECT_ROOT data=$DATA_DIR script=$FROM_SCRIPT linux=$ON_LINUX env=$PIXI_ENVIRONMENT_NAME default=$CONDA_DEFAULT_ENV; cat outputs/log 2>/dev/null || true"
+"""
+SETUP = 'export SETUP_RAN="setup.sh from $PIXI_PROJECT_ROOT"\n'
+
+
 def make_project(dest: Path, manifest_extra: str = "", *, git: bool = True) -> Path:
     """The project's folder (``dest/workspace``); its channel is ``dest/channel``."""
     workspace = make_python_workspace(dest, path_dependencies={}, interpreter=SYSTEM_PYTHON)

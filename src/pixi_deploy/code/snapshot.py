@@ -129,7 +129,9 @@ def with_files(snapshot: Snapshot | None, files: Mapping[str, Path], root: Path)
     for path, local in files.items():
         full = Path(local).resolve()
         if not full.is_file():
-            raise WorkspaceError(f"{local} does not exist or is not a file", "pass an existing file")
+            raise WorkspaceError(
+                f"{local} does not exist or is not a file", "pass an existing file"
+            )
         entry, _ = _entry(full, path, None)
         entries[path] = replace(entry, origin=str(full))
     frozen = tuple(entries[p] for p in sorted(entries))

@@ -226,8 +226,7 @@ def run_remote(
     if not result.ok:
         raise DagsterPipesExecutionError(
             failure_text(
-                f"the payload {shown} failed on the cluster: "
-                f"{result.message()}",
+                f"the payload {shown} failed on the cluster: {result.message()}",
                 reader.remote_traceback(),
                 result.stderr_tail or output.stderr_tail(),
             )
@@ -267,6 +266,7 @@ def _run_step(
     group = f" (component {allocation.het_group})" if allocation.het_group is not None else ""
     context.log.info(f"[pixi-deploy] running as a step of the {allocation.label} {holder}{group}")
     run.metadata["slurm_job_id"] = holder
+
     def step() -> JobResult:
         return session.run(
             spec,
