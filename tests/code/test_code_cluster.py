@@ -297,3 +297,24 @@ def test_bad_input_is_one_line_and_ships_nothing(project: Path, remote: Transpor
     (project / "scripts" / "setup.sh").write_text(SETUP)
     ok = cli("submit", "--workdir", "src", "--", "pwd")
     assert ok.exit_code == 0 and ok.stdout.strip().endswith("/work/src"), ok.stderr
+
+
+def test_prune_keeps_the_most_recently_used_snapshots(project: Path, cli) -> None:
+    original = (project / "notes.txt").read_text()
+    first = take_snapshot(project, CodeRules()).hash
+    assert api.submit(["true"]).wait().ok
+    (project / "notes.txt").write_text("second version\n")
+    second = take_snapshot(project, CodeRules()).hash
+    assert api.submit(["true"]).wait().ok
+    (project / "notes.txt").write_text(original)  # back to the first: used again, not sent
+    assert take_snapshot(project, CodeRules()).hash == first
+    assert cli("run", "--target", "ssh", "--", "true").exit_code == 0  # a login-node run uses it
+    listed = json.loads(cli("list", "--target", "ssh", "--json").stdout)["code_snapshots"]
+    assert [s["hash"] for s in listed] == [first, second]  # most recently used first
+    pruned = cli("prune", "--target", "ssh", "--keep", "5", "--keep-code", "1", "--json")
+    assert pruned.exit_code == 0, pruned.stderr
+    assert json.loads(pruned.stdout)["removed"] == [f"{_base()}/code/{second}"]
+    listed = json.loads(cli("list", "--target", "ssh", "--json").stdout)["code_snapshots"]
+    assert [s["hash"] for s in listed] == [first]
+    job = api.submit(["cat", "notes.txt"])  # the kept one still serves jobs
+    assert job.wait().ok and job.logs()[0] == original

@@ -107,17 +107,22 @@ def test_remote_payload_exception_fails_with_remote_traceback(
     text = _failure_text(result)
     assert "failed on the cluster" in text
     assert "explode_here" in text and "x / 0" in text and "ZeroDivisionError" in text
-    # the traceback names the payload's file on the cluster: it ran there
-    remote_payload = re.search(rf"{re.escape(shared_base)}/dagster/\S+/explode\.py", text)
+    # the traceback names the payload's file on the cluster, in the job's copy of the snapshot
+    remote_payload = re.search(
+        rf"{re.escape(shared_base)}/runs/\S+/work/.pixi-deploy-payload/explode\.py", text
+    )
     assert remote_payload is not None
-    # debug_mode keeps the run folder (payload, context, messages) and the submission details
-    folder = remote_payload.group(0).rsplit("/", 1)[0]
-    for name in ("explode.py", "context.json", "messages.jsonl"):
-        assert cluster_transport.exists(f"{folder}/{name}")
+    assert cluster_transport.exists(remote_payload.group(0))
+    # debug_mode keeps the run folder (context, messages) and the submission details
     (job_json,) = (tmp_path / "debug").rglob("job.json")
     details = json.loads(job_json.read_text())
-    assert details["remote_folder"] == folder and "DAGSTER_PIPES_CONTEXT" in details["env_names"]
-    assert (job_json.parent / "launcher.sh").read_text() == f"python -u {folder}/explode.py\n"
+    folder = details["remote_folder"]
+    assert folder.startswith(f"{shared_base}/dagster/")
+    for name in ("context.json", "messages.jsonl"):
+        assert cluster_transport.exists(f"{folder}/{name}")
+    assert "DAGSTER_PIPES_CONTEXT" in details["env_names"]
+    assert details["metadata"]["pixi_deploy_code_snapshot"]
+    assert (job_json.parent / "launcher.sh").read_text() == "python -u explode.py\n"
 
 
 def test_missing_pre_deployed_env_fails_before_submitting(
