@@ -87,6 +87,8 @@ def place_payload(
     by name, as dagster-slurm places them."""
     folder = ""
     if payload is not None:
+        if not payload.is_file():
+            raise ConfigError(f"the payload {payload} does not exist", "pass an existing file")
         local = payload.resolve()
         inside = root is not None and local.is_relative_to(root.resolve())
         if root is not None and inside:

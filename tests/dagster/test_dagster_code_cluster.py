@@ -197,3 +197,37 @@ def test_task_in_cluster_modes(mode: str, project: Path, slurm_for, fresh_base: 
     assert meta["prepared"] == "prepared-in-work"  # in the job's working copy of the snapshot
     assert meta["cwd"].startswith(f"{fresh_base}/runs/") and meta["cwd"].endswith("/work")
     assert meta["pixi_deploy_mode"] == mode
+
+
+@pytest.mark.cluster
+def test_a_snapshot_pruned_elsewhere_is_sent_again_for_a_session_step(
+    project: Path, slurm_for, fresh_base: str, cluster_transport
+) -> None:
+    @dg.asset
+    def coded(context: dg.AssetExecutionContext, compute: ComputeResource):
+        return compute.run(
+            context=context,
+            payload_path=str(project / "payloads" / "job.py"),
+            extra_files=[str(project / "lib" / "data.txt")],  # stands in for params.json
+        ).get_materialize_result()
+
+    (project / "payloads" / "params.json").write_text('{"value": 3}')
+    slurm = slurm_for(fresh_base)
+    compute = ComputeResource(
+        mode="slurm-session",
+        slurm=slurm,
+        session=SessionResource(slurm=slurm, num_nodes=1, time_limit="00:10:00"),
+        manifest_path=str(project),
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    first = dg.materialize([coded], resources={"compute": compute}, instance=instance)
+    assert first.success
+    snapshot = _meta(first, "coded")["pixi_deploy_code_snapshot"]
+    # another machine's prune removes it; this one still believes it is there
+    cluster_transport.run(["rm", "-rf", f"{fresh_base}/code/{snapshot}"])
+    again = dg.materialize([coded], resources={"compute": compute}, instance=instance)
+    assert again.success
+    meta = _meta(again, "coded")
+    assert meta["params"] == 3 and meta["pixi_deploy_mode"] == "slurm-session"
+    assert any(f"code snapshot {snapshot} was pruned" in m for m in _logs(instance, again))
+    assert _snapshots(cluster_transport, fresh_base) == [snapshot]
