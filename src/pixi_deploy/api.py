@@ -45,6 +45,7 @@ from pixi_deploy.workspace import (
 )
 
 if TYPE_CHECKING:
+    from pixi_deploy.code.checkout import CodeCheckout
     from pixi_deploy.code.remote import CodeStore
     from pixi_deploy.containers.image import ImageOptions, ImageResult
     from pixi_deploy.project import CodeShipping
@@ -437,53 +438,45 @@ def _run_on_login_node(
     on_stderr: Callable[[str], None],
     transport: Transport | None,
 ) -> int:
-    from pixi_deploy.project import CodeShipping
     from pixi_deploy.slurm.login import run_on_login_node
     from pixi_deploy.slurm.spec import JobSpec
 
-    shipping = CodeShipping.start(  # every check that needs no network comes first
-        manifest_path,
-        deployment,
-        code,
-        workdir,
-        task,
+    def connect() -> tuple[Transport, str]:
+        connection = transport or _transport()
+        root = connection.expand_path(str(base)) if base else connection.base_path
+        if not root:
+            raise ConfigError(
+                "SLURM_DEPLOYMENT_BASE_PATH is not set", "set it, or pass --base with --target ssh"
+            )
+        return connection, root
+
+    shipped = _ship_to_cluster(
         command,
-        environment,
-        platform,
-        cache_dir,
-        reporter,
-    )
-    transport = transport or _transport()
-    root = transport.expand_path(str(base)) if base else transport.base_path
-    if not root:
-        raise ConfigError(
-            "SLURM_DEPLOYMENT_BASE_PATH is not set", "set it, or pass --base with --target ssh"
-        )
-    metadata = _metadata_on_cluster(
+        connect=connect,
+        environment_path=None,
         deployment=deployment,
         manifest_path=manifest_path,
-        environment=shipping.environment,
+        environment=environment,
         platform=platform,
         cache_dir=cache_dir,
         inject=inject,
         build_sdists=build_sdists,
-        base=root,
+        code=code,
+        workdir=workdir,
+        task=task,
         reporter=reporter,
-        transport=transport,
     )
-    argv = shipping.command(command, metadata)
-    checkout = shipping.send(transport, root, metadata)
     spec = JobSpec(
-        command=argv,
-        environment_path=metadata.deployment_path,
+        command=shipped.argv,
+        environment_path=shipped.metadata.deployment_path,
         name="pixi-deploy-run",
-        code=checkout,
-        workdir=workdir if checkout is None else None,
+        code=shipped.checkout,
+        workdir=workdir if shipped.checkout is None else None,
     )
-    return shipping.resending(
+    return shipped.shipping.resending(
         lambda: run_on_login_node(
-            transport,
-            root,
+            shipped.transport,
+            shipped.base,
             spec,
             on_stdout,
             on_stderr,
@@ -658,43 +651,32 @@ def submit(
     never be met ends as CANCELLED, reason DependencyNeverSatisfied, rather than pending
     forever). ``files`` land in the job's run folder; ``environment_path`` names an
     environment already on the cluster (from an earlier deploy) and skips the deploy check."""
-    from pixi_deploy.project import CodeShipping
     from pixi_deploy.slurm.spec import JobResources, JobSpec
 
-    reporter = reporter or NullReporter()
-    shipping = CodeShipping.start(  # every check that needs no network comes first
-        manifest_path,
-        deployment if environment_path is None else environment_path,
-        code,
-        workdir,
-        task,
+    def connect() -> tuple[Transport, str]:
+        client = slurm_client(transport)
+        return client.transport, client.base
+
+    shipped = _ship_to_cluster(
         command,
-        environment,
-        platform,
-        cache_dir,
-        reporter,
-    )
-    transport = transport or _transport()
-    client = slurm_client(transport)
-    metadata = _metadata_on_cluster(
+        connect=connect,
         environment_path=environment_path,
-        needed=shipping.snapshot is not None or shipping.task is not None,
         deployment=deployment,
         manifest_path=manifest_path,
-        environment=shipping.environment,
+        environment=environment,
         platform=platform,
         cache_dir=cache_dir,
         inject=inject,
         build_sdists=build_sdists,
-        base=None,
-        reporter=reporter,
-        transport=transport,
+        code=code,
+        workdir=workdir,
+        task=task,
+        reporter=reporter or NullReporter(),
     )
-    argv = shipping.command(command, metadata)
-    checkout = shipping.send(transport, client.base, metadata)
+    checkout = shipped.checkout
     spec = JobSpec(
-        command=argv,
-        environment_path=metadata.deployment_path,
+        command=shipped.argv,
+        environment_path=shipped.metadata.deployment_path,
         name=job_name,
         resources=resources or JobResources(),
         array=array,
@@ -704,7 +686,7 @@ def submit(
         files=dict(files or {}),
         env=dict(env or {}),
     )
-    return shipping.submit(client, spec)
+    return shipped.shipping.submit(slurm_client(shipped.transport), spec)
 
 
 def prepare_code(
@@ -772,6 +754,70 @@ def task_command(
         workspace, task_args, task, name, platform or current_platform()
     )
     return argv, workspace.root, env
+
+
+@dataclass(frozen=True)
+class _Shipped:
+    shipping: CodeShipping
+    metadata: DeploymentMetadata
+    argv: list[str]
+    checkout: CodeCheckout | None
+    transport: Transport
+    base: str
+
+
+def _ship_to_cluster(
+    command: Sequence[str],
+    *,
+    connect: Callable[[], tuple[Transport, str]],
+    environment_path: str | None,
+    deployment: PathLike | None,
+    manifest_path: PathLike | None,
+    environment: str | None,
+    platform: str | None,
+    cache_dir: PathLike | None,
+    inject: Sequence[PathLike],
+    build_sdists: bool,
+    code: bool,
+    workdir: str | None,
+    task: str | None,
+    reporter: Reporter,
+) -> _Shipped:
+    """What a job and a login-node run share: every check that needs no network first (options,
+    task plan, snapshot), then the connection (``connect()``: the transport and the base
+    path of runs and snapshots), the environment (deployed when needed), the argv, the code."""
+    from pixi_deploy.project import CodeShipping
+
+    shipping = CodeShipping.start(
+        manifest_path,
+        deployment if environment_path is None else environment_path,
+        code,
+        workdir,
+        task,
+        command,
+        environment,
+        platform,
+        cache_dir,
+        reporter,
+    )
+    connection, root = connect()
+    metadata = _metadata_on_cluster(
+        environment_path=environment_path,
+        needed=shipping.snapshot is not None or shipping.task is not None,
+        deployment=deployment,
+        manifest_path=manifest_path,
+        environment=shipping.environment,
+        platform=platform,
+        cache_dir=cache_dir,
+        inject=inject,
+        build_sdists=build_sdists,
+        base=root,
+        reporter=reporter,
+        transport=connection,
+    )
+    argv = shipping.command(command, metadata)
+    checkout = shipping.send(connection, root, metadata)
+    return _Shipped(shipping, metadata, argv, checkout, connection, root)
 
 
 def _dependency(dependency: str | None, after: Sequence[Job | str]) -> str | None:
