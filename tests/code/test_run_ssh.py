@@ -9,11 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from pixi_deploy.transport import Transport
+from helpers.connections import drop_connection
+from pixi_deploy import api
+from pixi_deploy.transport import ConnectionLostError, Transport
 
 pytestmark = pytest.mark.cluster
 CLI = "import sys; from pixi_deploy.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -109,6 +112,30 @@ def test_stopping_the_run_stops_every_remote_process(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    deadline = time.monotonic() + 90
+    while _alive(remote, pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _alive(remote, pids) == []
+
+
+def test_a_lost_connection_stops_the_run(project: Path, ssh_settings, remote: Transport) -> None:
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        lines.append(line)
+        if len(lines) == 1:
+            assert drop_connection(connection), "no sshd process found to kill"
+
+    with Transport(replace(ssh_settings, base_path=cluster_base())) as connection:
+        with pytest.raises(ConnectionLostError, match="stops it on the login node"):
+            api.run(
+                ["sh", "-c", "sleep 600 & echo pids $$ $!; wait"],
+                target="ssh",
+                transport=connection,
+                on_stdout=out,
+                on_stderr=lambda line: None,
+            )
+    pids = lines[0].split()[1:]
     deadline = time.monotonic() + 90
     while _alive(remote, pids) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pixi_deploy.errors import SchedulerError
-from pixi_deploy.transport import RemoteCommandError, Transport
+from pixi_deploy.transport import ConnectionLostError, RemoteCommandError, Transport
 
 from . import remote, script
 from .client import submit_error
@@ -70,7 +70,16 @@ def run_on_login_node(
         raise submit_error(error, spec) from error
     if on_start is not None:
         on_start(run_dir)
-    status = transport.stream(["sh", "-c", RUN, "pixi-deploy-run", run_dir], on_stdout, on_stderr)
+    try:
+        status = transport.stream(
+            ["sh", "-c", RUN, "pixi-deploy-run", run_dir], on_stdout, on_stderr
+        )
+    except ConnectionLostError as error:  # the watchdog saw the channel close: the run stops
+        raise ConnectionLostError(
+            f"the SSH connection was lost during the run in {run_dir}, which stops it on the "
+            "login node",
+            "run it again (or submit it as a job, which a lost connection does not stop)",
+        ) from error
     if status is None:  # only a stop or timeout ends a stream without a status
         raise SchedulerError(f"the run in {run_dir} was stopped")
     return status
