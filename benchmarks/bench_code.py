@@ -10,7 +10,9 @@ rounds interleaved, each path on a fresh SSH connection (as a new ``pixi-deploy`
 * **no change**: the same submit again;
 * **floor**: ``true`` over a new connection, plus ``sbatch --parsable --wrap 'echo first'`` and
   its first output line, read the same way;
-* **cold** (once, first): the same submit into an empty base (environment + whole snapshot).
+* **cold** (once, first): the same submit into an empty base (environment + whole snapshot);
+* **run --target ssh** (reported, no goal): after another edit, ``api.run(argv, target="ssh")``
+  to its first output line, again with no change, against ``true`` over a new connection.
 
 Both paths wait for the first line with the same remote loop (``until [ -s log ]; sleep
 0.02``), so the difference is what pixi-deploy adds. Reported: medians, the median of the
@@ -117,6 +119,27 @@ def timed_submit(settings: SSHSettings, argv: list[str]) -> tuple[float, int, in
         return elapsed, t.stats.bytes_uploaded, wire_bytes(t), first
 
 
+def timed_login_run(settings: SSHSettings, argv: list[str]) -> tuple[float, int, str]:
+    """``run --target ssh``: (seconds to the first output line, payload bytes piped, that line)"""
+    lines: list[str] = []
+    started = time.perf_counter()
+    with Transport(settings) as t:
+        status = api.run(
+            argv, target="ssh", transport=t, on_stdout=lines.append, on_stderr=lambda line: None
+        )
+        elapsed = time.perf_counter() - started
+        assert status == 0 and lines, (status, lines)
+        return elapsed, t.stats.bytes_uploaded, lines[0]
+
+
+def login_floor(settings: SSHSettings) -> float:
+    """``ssh host true`` over a new connection: what any login-node command costs."""
+    started = time.perf_counter()
+    with Transport(settings) as t:
+        t.run(["true"])
+        return time.perf_counter() - started
+
+
 def floor(settings: SSHSettings, base: str) -> tuple[float, int]:
     started = time.perf_counter()
     with Transport(settings) as t:
@@ -158,6 +181,7 @@ def main() -> int:
     timed_submit(settings, argv)  # warms the login node's caches
     rows: dict[str, list[float]] = {"floor": [], "edit": [], "no change": []}
     wire: dict[str, list[int]] = {"floor": [], "edit": [], "no change": []}
+    login: dict[str, list[float]] = {"floor": [], "edit": [], "no change": []}
     code_bytes, sizes = [], []
     for round_ in range(args.repeat):
         seconds, sent_wire = floor(settings, base)
@@ -173,6 +197,14 @@ def main() -> int:
         assert piped == 0 and first == f"# round {round_}"
         rows["no change"].append(seconds)
         wire["no change"].append(sent_wire)
+        login["floor"].append(login_floor(settings))
+        edit(edited, 1000 + round_, args.file_kb)
+        seconds, piped, first = timed_login_run(settings, argv)
+        assert first == f"# round {1000 + round_}" and piped > 0, first
+        login["edit"].append(seconds)
+        seconds, piped, first = timed_login_run(settings, argv)
+        assert piped == 0 and first == f"# round {1000 + round_}"
+        login["no change"].append(seconds)
     change_wire = [e - n for e, n in zip(wire["edit"], wire["no change"], strict=True)]
     byte_ratio = max(c / s for c, s in zip(change_wire, sizes, strict=True))
     overhead = statistics.median(e - f for e, f in zip(rows["edit"], rows["floor"], strict=True))
@@ -192,6 +224,10 @@ def main() -> int:
         "edit_code_stream_bytes_median": statistics.median(code_bytes),
         "edit_minus_no_change_wire_bytes_median": statistics.median(change_wire),
         "change_wire_over_file_bytes_max": byte_ratio,
+        **{f"login_{k}_median_s": statistics.median(v) for k, v in login.items()},
+        "login_edit_overhead_paired_s": statistics.median(
+            e - f for e, f in zip(login["edit"], login["floor"], strict=True)
+        ),
         "goals": {
             "bytes <= 1.1x the file": byte_ratio <= 1.1,
             "overhead <= 0.3 s": overhead <= 0.3,
@@ -218,6 +254,11 @@ def main() -> int:
             f"an edit adds {result['edit_minus_no_change_wire_bytes_median']:.0f} bytes on the "
             f"wire ({byte_ratio:.2f}x the file at most); its code stream "
             f"{result['edit_code_stream_bytes_median']:.0f} bytes (zstd)"
+        )
+        print(
+            "run --target ssh (median s): "
+            + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in login.items())
+            + f"; edit - floor {result['login_edit_overhead_paired_s']:.3f} s paired"
         )
         for goal, ok in result["goals"].items():
             print(f"  {'ok  ' if ok else 'MISS'} {goal}")
