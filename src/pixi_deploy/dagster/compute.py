@@ -24,7 +24,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from dagster._core.pipes.client import PipesClientCompletedInvocation
@@ -32,7 +32,6 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from pixi_deploy import api
 from pixi_deploy.errors import ConfigError
-from pixi_deploy.project import CodeShipping
 from pixi_deploy.store import DeploymentMetadata
 
 from .allocation import SharedAllocation, teardown_grace
@@ -50,6 +49,9 @@ from .resources import (
 )
 from .run_options import RunOptions, resolve
 from .strict import StrictResource, refuse
+
+if TYPE_CHECKING:
+    from pixi_deploy.project import CodeShipping
 
 __all__ = ["MODES", "ComputeResource", "ExecutionMode"]
 REUSE_REASON = (

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import AssetExecutionContext, OpExecutionContext
 from dagster._core.errors import DagsterPipesExecutionError
@@ -35,7 +35,6 @@ from dagster._core.pipes.utils import open_pipes_session
 
 from pixi_deploy import api
 from pixi_deploy.errors import ConfigError
-from pixi_deploy.project import CodeShipping
 from pixi_deploy.slurm import JobResources, JobResult, JobSpec, SlurmSession
 from pixi_deploy.store import DeploymentMetadata
 
@@ -47,6 +46,9 @@ from .pipes import (
     failure_text,
 )
 from .resources import SlurmResource
+
+if TYPE_CHECKING:
+    from pixi_deploy.project import CodeShipping
 
 Context = AssetExecutionContext | OpExecutionContext
 # the run's folder, then its parent if this was the run's last asset
