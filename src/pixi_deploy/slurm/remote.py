@@ -16,7 +16,8 @@ SUBMIT = r"""
 set -e
 umask 077
 run=$1; env=$2; base=$3; rid=$4; code=$5; shift 5
-if [ -n "$env" ] && [ ! -f "$env/activate.sh" ]; then
+if [ -n "$env" ] && [ ! -f "$env/activate.sh" ] \
+    && [ ! -f "${env%/envs/*}/images/${env##*/}.sqfs" ]; then  # nor an image mounted there
   echo "pixi-deploy-missing-environment" >&2; exit 97
 fi
 if [ -n "$code" ]; then
@@ -36,7 +37,8 @@ PREPARE = r"""
 set -e
 umask 077
 run=$1; env=$2
-if [ -n "$env" ] && [ ! -f "$env/activate.sh" ]; then
+if [ -n "$env" ] && [ ! -f "$env/activate.sh" ] \
+    && [ ! -f "${env%/envs/*}/images/${env##*/}.sqfs" ]; then  # nor an image mounted there
   echo "pixi-deploy-missing-environment" >&2; exit 97
 fi
 mkdir -p "$run"

@@ -1,0 +1,168 @@
+"""Single-file environments: one squashfs image per environment instead of a tree of files.
+
+Parallel filesystems (Lustre, GPFS) are slow at the tens of thousands of small files of a conda
+environment; sites advise one squashfs image per environment. The image is built (``mksquashfs``,
+zstd) from a tree laid out for the environment's usual path ``BASE/envs/<hash>``, published as
+``BASE/images/<hash>.sqfs`` beside ``BASE/images/<hash>.json`` (its deployment metadata, with the
+image's sha256), and ``BASE/envs/<hash>`` stays an empty folder: the mountpoint. A job makes
+the image appear there for itself only (`MOUNT_AND_RUN`).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+from pixi_deploy.errors import StoreError
+
+FORMATS = ("directory", "squashfs")
+#: Exit status of a job (or run) whose image cannot be verified or mounted (as a missing
+#: environment: slurm/script.py's ENV_MISSING_STATUS).
+IMAGE_FAILED_STATUS = 97
+
+
+def check_format(value: str | None) -> str:
+    """``directory`` (default) or ``squashfs``; anything else is refused in one line."""
+    chosen = value or "directory"
+    if chosen not in FORMATS:
+        raise StoreError(
+            f"unknown deployment format '{chosen}'", "use --format directory or --format squashfs"
+        )
+    return chosen
+
+
+def mksquashfs_argv(tree: str, image: str) -> list[str]:
+    """The one build command, here and on the cluster: zstd, every file owned by root (the
+    mounting user sees its own files either way), no progress bar in logs."""
+    return [
+        "mksquashfs",
+        tree,
+        image,
+        "-comp",
+        "zstd",
+        "-noappend",
+        "-no-progress",
+        "-quiet",
+        "-all-root",
+        "-no-xattrs",
+    ]
+
+
+def build_image(tree: Path, image: Path) -> str:
+    """Build ``image`` from ``tree`` here; returns its sha256. A partial image is removed."""
+    if shutil.which("mksquashfs") is None:
+        raise StoreError(
+            "mksquashfs is not installed here, and the image is built here",
+            "install squashfs-tools (apt-get install squashfs-tools), or deploy with "
+            "--format directory",
+        )
+    try:
+        proc = subprocess.run(
+            mksquashfs_argv(str(tree), str(image)),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as error:
+        image.unlink(missing_ok=True)
+        raise StoreError(f"cannot run mksquashfs: {error.strerror}") from error
+    if proc.returncode != 0:
+        image.unlink(missing_ok=True)
+        detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [
+            f"exit status {proc.returncode}"
+        ]
+        if any(word in detail[0] for word in ("No space", "space left", "Disk quota")):
+            raise StoreError(
+                f"no space left on the device holding {image.parent} while building the image",
+                "free space or pick another folder",
+            )
+        raise StoreError(f"mksquashfs could not build the image: {detail[0]}")
+    return sha256_of(image)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as error:
+        if error.errno == errno.ENOENT:
+            raise StoreError(f"the image {path} does not exist", "deploy it again") from error
+        raise StoreError(f"cannot read the image {path}: {error.strerror}") from error
+    return digest.hexdigest()
+
+
+def tree_size(tree: Path) -> tuple[int, int]:
+    """(files and folders, bytes) of a laid-out tree: what an image saves on the cluster."""
+    count, size = 0, 0
+    for path in tree.rglob("*"):
+        count += 1
+        if path.is_file() and not path.is_symlink():
+            size += path.stat().st_size
+    return count, size
+
+
+# Verify, then mount the image at the mountpoint for the command only, then run it there.
+# $1 = image, $2 = mountpoint, $3 = expected sha256 ("" = read it from the image's .json),
+# then the command. The first way the node has wins, and is logged on stderr:
+#   squashfuse inside a private user + mount namespace (two jobs on one node never share a
+#   mount; it disappears with the job), the command then back under the caller's own uid;
+#   apptainer / singularity, binding the image at the mountpoint inside the container named by
+#   PIXI_DEPLOY_APPTAINER_IMAGE (a container of the node's own OS).
+# A node with neither fails with one line naming what is missing.
+MOUNT_AND_RUN = r"""
+img=$1; mnt=$2; want=$3; shift 3
+node=${SLURMD_NODENAME:-$(uname -n)}
+__pd_img_fail() { printf 'pixi-deploy: %s\n' "$1" >&2; exit @STATUS@; }
+[ -f "$img" ] || __pd_img_fail "the environment image $img does not exist on $node (pruned or never deployed); deploy it again"
+meta=${img%.sqfs}.json
+if [ -z "$want" ] && [ -f "$meta" ]; then
+  want=$(sed -n 's/.*"image_sha256": *"\([0-9a-f]*\)".*/\1/p' "$meta" | head -n 1)
+fi
+[ -n "$want" ] || __pd_img_fail "the environment image $img has no recorded sha256 ($meta is missing); deploy it again"
+have=$(sha256sum < "$img" 2>/dev/null) || __pd_img_fail "cannot read the environment image $img on $node"
+have=${have%% *}
+[ "$have" = "$want" ] || __pd_img_fail "the environment image $img is corrupt or truncated (its sha256 is not the one recorded at deploy); deploy it again (prune it first)"
+[ -d "$mnt" ] || __pd_img_fail "the mountpoint $mnt of the environment image does not exist; deploy it again"
+missing=
+if ! command -v squashfuse >/dev/null 2>&1; then missing="squashfuse"
+elif ! command -v unshare >/dev/null 2>&1; then missing="unshare (util-linux)"
+elif ! unshare --user --map-root-user --mount true 2>/dev/null; then
+  missing="unprivileged user namespaces (unshare --user --map-root-user --mount fails)"
+fi
+if [ -z "$missing" ]; then
+  printf 'pixi-deploy: mounting %s at %s on %s with squashfuse in a private user and mount namespace\n' "$img" "$mnt" "$node" >&2
+  export PIXI_DEPLOY_IMAGE_MOUNTED=squashfuse
+  exec unshare --user --map-root-user --mount /bin/sh -c '
+    img=$1; mnt=$2; uid=$3; gid=$4; shift 4
+    why=$(squashfuse "$img" "$mnt" 2>&1) || {
+      printf "pixi-deploy: squashfuse could not mount %s at %s (%s); the node needs FUSE (/dev/fuse usable by users)\n" "$img" "$mnt" "$(printf %s "$why" | tail -n 1)" >&2
+      exit @STATUS@
+    }
+    if unshare --help 2>/dev/null | grep -q -- --map-user; then
+      unshare --user --map-user="$uid" --map-group="$gid" -- "$@"
+    else
+      "$@"
+    fi
+    rc=$?
+    umount "$mnt" 2>/dev/null || fusermount3 -u "$mnt" 2>/dev/null || fusermount -u "$mnt" 2>/dev/null
+    exit $rc' sh "$img" "$mnt" "$(id -u)" "$(id -g)" "$@"
+fi
+for tool in apptainer singularity; do
+  if command -v "$tool" >/dev/null 2>&1 && [ -n "${PIXI_DEPLOY_APPTAINER_IMAGE:-}" ]; then
+    printf 'pixi-deploy: binding %s at %s on %s with %s (squashfuse: no %s)\n' "$img" "$mnt" "$node" "$tool" "$missing" >&2
+    export PIXI_DEPLOY_IMAGE_MOUNTED=$tool
+    exec "$tool" exec --bind "$img:$mnt:image-src=/" "$PIXI_DEPLOY_APPTAINER_IMAGE" "$@"
+  fi
+done
+__pd_img_fail "$node cannot mount the environment image $img: it has no $missing, and no apptainer or singularity (with PIXI_DEPLOY_APPTAINER_IMAGE set); install squashfuse and fuse3 on the nodes, or deploy with --format directory"
+""".replace("@STATUS@", str(IMAGE_FAILED_STATUS))
+
+
+def mount_and_run_argv(image: str, mountpoint: str, sha256: str, command: list[str]) -> list[str]:
+    """``sh -c MOUNT_AND_RUN`` with its arguments: for a local run of an image deployment."""
+    return ["/bin/sh", "-c", MOUNT_AND_RUN, "sh", image, mountpoint, sha256, *command]

@@ -1,0 +1,160 @@
+"""A squashfs deploy to the cluster: one image, BASE/images/<hash>.sqfs (store/image.py).
+
+The image is built where the environment's tree is: on the cluster when it is laid out there
+already (a directory deployment of the same environment) and the cluster has mksquashfs;
+otherwise here, from a tree laid out for the cluster's path, and uploaded (resumable SFTP,
+checked by size and sha256). Either way it is published under the environment's lock by one
+rename, then its metadata, which makes it complete: an interrupted deploy leaves no image
+that a job would find, and a rerun resumes the upload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pixi_deploy.pack.fetch import DownloadCache
+from pixi_deploy.pack.layout import lay_out_environment
+from pixi_deploy.progress import Reporter
+from pixi_deploy.store import remote_scripts as sh
+from pixi_deploy.store.image import build_image, mksquashfs_argv
+from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
+from pixi_deploy.transport import CommandResult, RemoteCommandError
+from pixi_deploy.workspace import ResolvedEnvironment
+
+if TYPE_CHECKING:
+    from pixi_deploy.store.remote import RemoteStore
+
+
+class ImageDeploy:
+    """One squashfs deploy of ``resolved``; ``directory`` is its directory deployment on the
+    cluster, if there is one (then the image can be built there)."""
+
+    def __init__(
+        self,
+        store: RemoteStore,
+        resolved: ResolvedEnvironment,
+        directory: DeploymentMetadata | None,
+        cache: DownloadCache,
+        reporter: Reporter,
+    ) -> None:
+        self.store = store
+        self.resolved = resolved
+        self.directory = directory
+        self.cache = cache
+        self.reporter = reporter
+        self.key = resolved.short_hash
+
+    def run(self) -> DeploymentMetadata:
+        from pixi_deploy.store.remote import STAGING_PREFIX, TransferReport, first_line
+
+        store = self.store
+        found, _ = self._probe()
+        if found is not None:
+            return self._reused(found)
+        before = store.transport.stats.bytes_uploaded
+        lock = store.transport.iter_lines(["sh", "-c", sh.LOCK, "sh", store.base, self.key])
+        try:
+            self.reporter.step(f"taking the cluster's lock for {self.key}")
+            first_line(lock, store.base)
+            found, can_build = self._probe()  # another deploy may have published it meanwhile
+            if found is not None:
+                return self._reused(found)
+            if self.directory is not None and can_build:
+                metadata = self._build_there(self.directory)
+            else:
+                with self.cache.scratch(
+                    "staging", STAGING_PREFIX, remove_in_background=True
+                ) as tmp:
+                    metadata = self._build_here(tmp)
+        finally:
+            lock.close()
+        moved = store.transport.stats.bytes_uploaded - before
+        store.last_transfer = TransferReport(1, 1, moved, 0, 0)
+        self.reporter.step(f"deployed environment image {self.key} at {metadata.image}")
+        return metadata
+
+    def _probe(self) -> tuple[DeploymentMetadata | None, bool]:
+        out = self._run(sh.IMAGE_PROBE, [self.store.base, self.key]).stdout
+        head, _, text = out.partition("\036\n")
+        found = (
+            DeploymentMetadata.from_json(text, "the cluster's image metadata")
+            if text.strip()
+            else None
+        )
+        return found, "mksquashfs=yes" in head.splitlines()
+
+    def _reused(self, found: DeploymentMetadata) -> DeploymentMetadata:
+        from pixi_deploy.store.remote import TransferReport
+
+        found.reused = True
+        self.store.last_transfer = TransferReport()
+        self.reporter.step(
+            f"environment image {self.key} is already on the cluster: nothing to move"
+        )
+        return found
+
+    def _metadata(self, base: DeploymentMetadata) -> DeploymentMetadata:
+        return replace(
+            base, format="squashfs", image=self.store.layout.image(self.key), reused=False
+        )
+
+    def _build_here(self, tmp: Path) -> DeploymentMetadata:
+        final = self.store.layout.env(self.key)
+        tree = tmp / "tree"
+        lay_out_environment(
+            self.resolved, self.cache, staging=tree, final=Path(final), reporter=self.reporter
+        )
+        metadata = self._metadata(
+            DeploymentMetadata.for_environment(self.resolved, final, self.store.target)
+        )
+        metadata.write(tree / METADATA_NAME)
+        self.reporter.step("building the image here (mksquashfs, zstd)")
+        built = tmp / "image.sqfs"
+        metadata.image_sha256 = build_image(tree, built)
+        metadata.image_bytes = built.stat().st_size
+        staged = f"{self.store.base}/images/.{self.key}.incoming.sqfs"
+        self.reporter.step(f"uploading the image ({metadata.image_bytes / 1e6:.1f} MB)")
+        with self.reporter.task("upload", metadata.image_bytes) as advance:
+            sent = [0]
+
+            def progress(done: int, total: int) -> None:
+                advance(done - sent[0])
+                sent[0] = done
+
+            self.store.transport.upload(built, staged, progress)
+        return self._publish(staged, metadata)
+
+    def _build_there(self, directory: DeploymentMetadata) -> DeploymentMetadata:
+        self.reporter.step(
+            f"building the image on the cluster from {directory.deployment_path} (mksquashfs)"
+        )
+        options = mksquashfs_argv("", "")[3:]
+        out = self._run(sh.IMAGE_BUILD, [self.store.base, self.key, *options]).stdout.split()
+        if len(out) != 3:
+            raise self._error("mksquashfs on the cluster printed no image")
+        metadata = self._metadata(directory)
+        metadata.image_sha256, metadata.image_bytes = out[0], int(out[1])
+        return self._publish(out[2], metadata)
+
+    def _publish(self, staged: str, metadata: DeploymentMetadata) -> DeploymentMetadata:
+        assert metadata.image_sha256
+        args = [self.store.base, self.key, staged, metadata.image_sha256]
+        out = self._run(sh.IMAGE_PUBLISH, args, input=metadata.to_json()).stdout
+        if out.strip() == "present":
+            text = self.store.transport.read_bytes(self.store.layout.image_metadata(self.key))
+            return DeploymentMetadata.from_json(text.decode(), "the cluster's image metadata")
+        return metadata
+
+    def _run(self, script: str, args: list[str], input: str | None = None) -> CommandResult:
+        try:
+            return self.store.transport.run_script(script, args, input=input)
+        except RemoteCommandError as error:
+            text = (error.stderr or str(error)).strip().splitlines()
+            raise self._error(text[-1] if text else str(error)) from error
+
+    def _error(self, detail: str) -> Exception:
+        from pixi_deploy.store.remote import store_error_text
+
+        return store_error_text(detail, self.store.base)
