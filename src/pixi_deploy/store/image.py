@@ -159,7 +159,7 @@ for tool in apptainer singularity; do
     exec "$tool" exec --bind "$img:$mnt:image-src=/" "$PIXI_DEPLOY_APPTAINER_IMAGE" "$@"
   fi
 done
-__pd_img_fail "$node cannot mount the environment image $img: it has no $missing, and no apptainer or singularity (with PIXI_DEPLOY_APPTAINER_IMAGE set); install squashfuse and fuse3 on the nodes, or deploy with --format directory"
+__pd_img_fail "$node has no $missing (nor apptainer/singularity with PIXI_DEPLOY_APPTAINER_IMAGE) to mount the environment image: install squashfuse and fuse3 on the nodes, or deploy with --format directory ($img)"
 """.replace("@STATUS@", str(IMAGE_FAILED_STATUS))
 
 
