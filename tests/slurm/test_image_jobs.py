@@ -12,8 +12,8 @@ import pytest
 from pixi_deploy import api
 from pixi_deploy.pack import DownloadCache
 from pixi_deploy.slurm import JobResources, JobSpec, SlurmClient, SlurmSession
-from pixi_deploy.store.remote import RemoteStore
 from pixi_deploy.store.metadata import DeploymentMetadata
+from pixi_deploy.store.remote import RemoteStore
 from pixi_deploy.transport import Transport
 from pixi_deploy.workspace import load_workspace
 
