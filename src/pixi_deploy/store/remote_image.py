@@ -10,6 +10,7 @@ that a job would find, and a rerun resumes the upload.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from pixi_deploy.progress import Reporter
 from pixi_deploy.store import remote_scripts as sh
 from pixi_deploy.store.image import build_image, mksquashfs_argv
 from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
-from pixi_deploy.transport import CommandResult, RemoteCommandError
+from pixi_deploy.transport import CommandResult, ConnectionLostError, RemoteCommandError
 from pixi_deploy.workspace import ResolvedEnvironment
 
 if TYPE_CHECKING:
@@ -47,33 +48,53 @@ class ImageDeploy:
         self.key = resolved.short_hash
 
     def run(self) -> DeploymentMetadata:
-        from pixi_deploy.store.remote import STAGING_PREFIX, TransferReport, first_line
+        """Under the cluster's lock; a dropped connection re-takes it and resumes the upload
+        (the image is built here once)."""
+        from pixi_deploy.store.remote import MAX_ATTEMPTS, STAGING_PREFIX, TransferReport
 
         store = self.store
         found, _ = self._probe()
         if found is not None:
             return self._reused(found)
         before = store.transport.stats.bytes_uploaded
+        with self.cache.scratch("staging", STAGING_PREFIX, remove_in_background=True) as tmp:
+            built: DeploymentMetadata | None = None
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                try:
+                    found, metadata, built = self._locked(tmp, built)
+                    if found is not None:
+                        return self._reused(found)
+                    break
+                except ConnectionLostError:
+                    if attempt == MAX_ATTEMPTS:
+                        raise
+                    self.reporter.step("the connection dropped; reconnecting to resume")
+        moved = store.transport.stats.bytes_uploaded - before
+        store.last_transfer = TransferReport(1, 1, moved, 0, 0)
+        self.reporter.step(f"deployed environment image {self.key} at {metadata.image}")
+        return metadata
+
+    def _locked(
+        self, tmp: Path, built: DeploymentMetadata | None
+    ) -> tuple[DeploymentMetadata | None, DeploymentMetadata, DeploymentMetadata | None]:
+        """(found, published, built here): one attempt while holding the cluster's lock."""
+        from pixi_deploy.store.remote import first_line
+
+        store = self.store
         lock = store.transport.iter_lines(["sh", "-c", sh.LOCK, "sh", store.base, self.key])
         try:
             self.reporter.step(f"taking the cluster's lock for {self.key}")
             first_line(lock, store.base)
             found, can_build = self._probe()  # another deploy may have published it meanwhile
             if found is not None:
-                return self._reused(found)
+                return found, found, built
             if self.directory is not None and can_build:
-                metadata = self._build_there(self.directory)
-            else:
-                with self.cache.scratch(
-                    "staging", STAGING_PREFIX, remove_in_background=True
-                ) as tmp:
-                    metadata = self._build_here(tmp)
+                return None, self._build_there(self.directory), built
+            if built is None:
+                built = self._build_here(tmp)
+            return None, self._upload(tmp / "image.sqfs", built), built
         finally:
             lock.close()
-        moved = store.transport.stats.bytes_uploaded - before
-        store.last_transfer = TransferReport(1, 1, moved, 0, 0)
-        self.reporter.step(f"deployed environment image {self.key} at {metadata.image}")
-        return metadata
 
     def _probe(self) -> tuple[DeploymentMetadata | None, bool]:
         out = self._run(sh.IMAGE_PROBE, [self.store.base, self.key]).stdout
@@ -114,6 +135,11 @@ class ImageDeploy:
         built = tmp / "image.sqfs"
         metadata.image_sha256 = build_image(tree, built)
         metadata.image_bytes = built.stat().st_size
+        shutil.rmtree(tree, ignore_errors=True)  # disk: the environment once, as the image
+        return metadata
+
+    def _upload(self, built: Path, metadata: DeploymentMetadata) -> DeploymentMetadata:
+        """Resumable: an upload cut by a dropped connection goes on from its ``.part``."""
         staged = f"{self.store.base}/images/.{self.key}.incoming.sqfs"
         self.reporter.step(f"uploading the image ({metadata.image_bytes / 1e6:.1f} MB)")
         with self.reporter.task("upload", metadata.image_bytes) as advance:
@@ -140,7 +166,7 @@ class ImageDeploy:
 
     def _publish(self, staged: str, metadata: DeploymentMetadata) -> DeploymentMetadata:
         assert metadata.image_sha256
-        args = [self.store.base, self.key, staged, metadata.image_sha256]
+        args = [self.store.base, self.key, staged]
         out = self._run(sh.IMAGE_PUBLISH, args, input=metadata.to_json()).stdout
         if out.strip() == "present":
             text = self.store.transport.read_bytes(self.store.layout.image_metadata(self.key))
