@@ -165,3 +165,18 @@ def test_a_node_without_squashfuse_fails_naming_what_is_missing(
     message = result.message()
     assert "localhost has no squashfuse" in message and "to mount the environment image" in message
     assert "install squashfuse and fuse3 on the nodes" in message
+
+
+def test_a_mount_that_ends_during_the_job_fails_it_saying_so(
+    client: SlurmClient, image_env: DeploymentMetadata
+) -> None:
+    script = (
+        'greet; kill "$PIXI_DEPLOY_SQUASHFUSE_PID"; '
+        'while kill -0 "$PIXI_DEPLOY_SQUASHFUSE_PID" 2>/dev/null; do sleep 0.1; done; greet'
+    )
+    job = client.submit(JobSpec(script=script, environment_path=image_env.deployment_path))
+    result = job.wait(timeout=120)
+    assert result.state == "FAILED" and result.exit_code != 0
+    out, err = job.logs()
+    assert out.count("hello from greet") == 1  # before the mount ended, not after
+    assert "ended during the job (squashfuse stopped); run it again" in err

@@ -113,7 +113,8 @@ def tree_size(tree: Path) -> tuple[int, int]:
 # $1 = image, $2 = mountpoint, $3 = expected sha256 ("" = read it from the image's .json),
 # then the command. The first way the node has wins, and is logged on stderr:
 #   squashfuse inside a private user + mount namespace (two jobs on one node never share a
-#   mount; it disappears with the job), the command then back under the caller's own uid;
+#   mount; it disappears with the job), the command then back under the caller's own uid; a
+#   mount that ends during the command (squashfuse killed) is reported, and fails the run;
 #   apptainer / singularity, binding the image at the mountpoint inside the container named by
 #   PIXI_DEPLOY_APPTAINER_IMAGE (a container of the node's own OS).
 # A node with neither fails with one line naming what is missing.
@@ -142,17 +143,31 @@ if [ -z "$missing" ]; then
   export PIXI_DEPLOY_IMAGE_MOUNTED=squashfuse
   exec unshare --user --map-root-user --mount /bin/sh -c '
     img=$1; mnt=$2; uid=$3; gid=$4; shift 4
-    why=$(squashfuse "$img" "$mnt" 2>&1) || {
-      printf "pixi-deploy: squashfuse could not mount %s at %s (%s); the node needs FUSE (/dev/fuse usable by users)\n" "$img" "$mnt" "$(printf %s "$why" | tail -n 1)" >&2
-      exit @STATUS@
-    }
+    squashfuse -f "$img" "$mnt" &
+    fuse=$!
+    n=0
+    until [ -e "$mnt/activate.sh" ]; do
+      if ! kill -0 "$fuse" 2>/dev/null || [ "$n" -ge 600 ]; then
+        kill "$fuse" 2>/dev/null
+        printf "pixi-deploy: squashfuse could not mount %s at %s (its message is above); the node needs FUSE (/dev/fuse usable by users)\n" "$img" "$mnt" >&2
+        exit @STATUS@
+      fi
+      n=$((n + 1)); sleep 0.1
+    done
+    export PIXI_DEPLOY_SQUASHFUSE_PID=$fuse
     if unshare --help 2>/dev/null | grep -q -- --map-user; then
       unshare --user --map-user="$uid" --map-group="$gid" -- "$@"
     else
       "$@"
     fi
     rc=$?
-    umount "$mnt" 2>/dev/null || fusermount3 -u "$mnt" 2>/dev/null || fusermount -u "$mnt" 2>/dev/null
+    if ! kill -0 "$fuse" 2>/dev/null || [ ! -e "$mnt/activate.sh" ]; then
+      printf "pixi-deploy: the mount of the environment image %s at %s ended during the job (squashfuse stopped); run it again\n" "$img" "$mnt" >&2
+      [ "$rc" -ne 0 ] || rc=@STATUS@
+    fi
+    umount "$mnt" 2>/dev/null || fusermount3 -u "$mnt" 2>/dev/null
+    kill "$fuse" 2>/dev/null
+    wait "$fuse" 2>/dev/null
     exit $rc' sh "$img" "$mnt" "$(id -u)" "$(id -g)" "$@"
 fi
 for tool in apptainer singularity; do

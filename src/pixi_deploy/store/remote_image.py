@@ -92,6 +92,10 @@ class ImageDeploy:
                 return None, self._build_there(self.directory), built
             if built is None:
                 built = self._build_here(tmp)
+                # a killed deploy's partial upload is of another build (mksquashfs records
+                # times): only this process's retries resume
+                staged = self._staged()
+                self._run('rm -f -- "$1" "$1.part"', [staged])
             return None, self._upload(tmp / "image.sqfs", built), built
         finally:
             lock.close()
@@ -140,7 +144,7 @@ class ImageDeploy:
 
     def _upload(self, built: Path, metadata: DeploymentMetadata) -> DeploymentMetadata:
         """Resumable: an upload cut by a dropped connection goes on from its ``.part``."""
-        staged = f"{self.store.base}/images/.{self.key}.incoming.sqfs"
+        staged = self._staged()
         self.reporter.step(f"uploading the image ({metadata.image_bytes / 1e6:.1f} MB)")
         with self.reporter.task("upload", metadata.image_bytes) as advance:
             sent = [0]
@@ -151,6 +155,9 @@ class ImageDeploy:
 
             self.store.transport.upload(built, staged, progress)
         return self._publish(staged, metadata)
+
+    def _staged(self) -> str:
+        return f"{self.store.base}/images/.{self.key}.incoming.sqfs"
 
     def _build_there(self, directory: DeploymentMetadata) -> DeploymentMetadata:
         self.reporter.step(
