@@ -180,3 +180,34 @@ def test_a_mount_that_ends_during_the_job_fails_it_saying_so(
     out, err = job.logs()
     assert out.count("hello from greet") == 1  # before the mount ended, not after
     assert "ended during the job (squashfuse stopped); run it again" in err
+
+
+def _double(x: int) -> int:
+    import os
+
+    return x * 2 if os.environ.get("PIXI_DEPLOY_IMAGE_MOUNTED") == "squashfuse" else -1
+
+
+def test_executor_runs_a_function_in_an_image_deployment(
+    test_cluster, tmp_path: Path, base: str
+) -> None:
+    """`[tool.pixi-deploy] format = "squashfs"`: the Executor deploys an image and runs there."""
+    from helpers.cluster import ssh_settings_for
+    from pixi_deploy.slurm import Executor
+
+    from .executor_workspace import make_executor_workspace
+
+    ws = make_executor_workspace(tmp_path / "functions")
+    manifest = ws / "pixi.toml"
+    manifest.write_text(manifest.read_text() + '\n[tool.pixi-deploy]\nformat = "squashfs"\n')
+    settings = ssh_settings_for(test_cluster).with_changes(base_path=base)
+    with Transport(settings) as transport:
+        executor = Executor(
+            manifest_path=manifest,
+            resources=JobResources(time="10", mem="300M"),
+            transport=transport,
+            cache_dir=tmp_path / "cache",
+        )
+        assert executor.submit(_double, 21).result(timeout=300) == 42
+        images = transport.run_script('ls "$1/images"', [base]).stdout.split()
+        assert len(images) == 2 and any(name.endswith(".sqfs") for name in images)

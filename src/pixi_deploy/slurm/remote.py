@@ -150,6 +150,9 @@ true
 # $1 = environment path, $2 = python command
 PYTHON_PROBE = r"""
 env=$1; py=$2
+if [ ! -f "$env/activate.sh" ] && [ -f "${env%/envs/*}/images/${env##*/}.sqfs" ]; then
+  echo "pixi-deploy-image" >&2; exit 94  # a squashfs deployment: ask again with it mounted
+fi
 [ -f "$env/activate.sh" ] || { echo "pixi-deploy-missing-environment" >&2; exit 97; }
 . "$env/activate.sh" >/dev/null 2>&1 || { echo "pixi-deploy-cannot-activate" >&2; exit 96; }
 command -v "$py" >/dev/null 2>&1 || { echo "pixi-deploy-no-python" >&2; exit 95; }
