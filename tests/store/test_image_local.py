@@ -129,3 +129,30 @@ def test_missing_mksquashfs_is_one_line(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(StoreError, match="mksquashfs is not installed here"):
         build_image(tmp_path, tmp_path / "x.sqfs")
+
+
+def test_full_disk_while_building_the_image(tmp_path: Path, tmpfs) -> None:
+    """mksquashfs fails to write: one line naming the full disk, no partial image left."""
+    from pixi_deploy.store.image import build_image
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "big").write_bytes(os.urandom(3_000_000))  # incompressible: 3 MB of image
+    small = tmpfs("64k")
+    with pytest.raises(StoreError, match="no space left on the device holding .* building"):
+        build_image(tree, small / "env.sqfs")
+    assert list(small.iterdir()) == []
+
+
+def test_full_disk_during_a_squashfs_deploy_publishes_nothing(
+    demo_ws: Path, tmp_path: Path, tmpfs, cli
+) -> None:
+    small = tmpfs("40k")
+    result = cli(
+        "deploy", "--manifest-path", demo_ws, "--base", small, "--cache-dir", tmp_path / "c",
+        "--format", "squashfs",
+    )  # fmt: skip
+    assert result.exit_code == 5 and "no space left" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "free space or pick another folder" in errors[0]
+    assert list((small / "images").iterdir()) == []

@@ -77,7 +77,10 @@ def build_image(tree: Path, image: Path) -> str:
         detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [
             f"exit status {proc.returncode}"
         ]
-        if any(word in detail[0] for word in ("No space", "space left", "Disk quota")):
+        full = shutil.disk_usage(image.parent).free < (1 << 20)
+        if any(word in detail[0] for word in ("No space", "space left", "Disk quota")) or (
+            "Failed to write" in detail[0] and full
+        ):
             raise StoreError(
                 f"no space left on the device holding {image.parent} while building the image",
                 "free space or pick another folder",
