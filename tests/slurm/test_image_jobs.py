@@ -211,3 +211,25 @@ def test_executor_runs_a_function_in_an_image_deployment(
         assert executor.submit(_double, 21).result(timeout=300) == 42
         images = transport.run_script('ls "$1/images"', [base]).stdout.split()
         assert len(images) == 2 and any(name.endswith(".sqfs") for name in images)
+
+
+def test_image_built_on_the_cluster_from_its_directory_deployment_and_named(
+    client: SlurmClient, transport: Transport, base: str, demo_ws: Path, tmp_path: Path
+) -> None:
+    """The tree is laid out on the cluster already and it has mksquashfs: built there, only
+    the metadata crosses the wire; a named deployment of it runs jobs too."""
+    ws, cache = load_workspace(demo_ws), DownloadCache(tmp_path / "cache")
+    store = RemoteStore(transport, base)
+    directory = store.deploy(ws, cache=cache)
+    image = store.deploy(ws, cache=cache, format="squashfs", name="proj/img")
+    assert image.format == "squashfs" and not image.reused
+    assert image.deployment_path == directory.deployment_path
+    assert store.last_transfer.bundle_bytes < 20_000  # the lock's stream and metadata only
+    assert image.image_sha256 == _sh(transport, 'sha256sum < "$1"', image.image or "").split()[0]
+    named = f"{base}/names/proj/img"
+    # the directory deployment still wins at its path; remove it to see the image mounted
+    _sh(transport, 'rm -rf "$1" && mkdir "$1"', directory.deployment_path)
+    job = client.submit(JobSpec(command=["greet"], environment_path=named))
+    result = job.wait(timeout=120)
+    assert result.ok, result.message()
+    assert "hello from greet" in job.logs()[0] and SQUASHFUSE in job.logs()[1]

@@ -230,9 +230,10 @@ class Executor:
                 if "pixi-deploy-image" not in error.stderr:
                     raise
                 # a squashfs deployment: probe it mounted on the login node, as a job would
-                head, _, key = env_path.rstrip("/").rpartition("/envs/")
+                real = self.transport.run(["readlink", "-f", "--", env_path]).stdout.strip()
+                head, _, key = real.rpartition("/envs/")
                 image = f"{head}/images/{key}.sqfs"
-                out = self.transport.run(mount_and_run_argv(image, env_path, "", probe)).stdout
+                out = self.transport.run(mount_and_run_argv(image, real, "", probe)).stdout
         except RemoteCommandError as error:
             if "pixi-deploy-no-python" in error.stderr:
                 raise ConfigError(

@@ -16,9 +16,11 @@ SUBMIT = r"""
 set -e
 umask 077
 run=$1; env=$2; base=$3; rid=$4; code=$5; shift 5
-if [ -n "$env" ] && [ ! -f "$env/activate.sh" ] \
-    && [ ! -f "${env%/envs/*}/images/${env##*/}.sqfs" ]; then  # nor an image mounted there
-  echo "pixi-deploy-missing-environment" >&2; exit 97
+if [ -n "$env" ] && [ ! -f "$env/activate.sh" ]; then
+  real=$(readlink -f -- "$env" 2>/dev/null) || real=$env  # a named deployment: its target
+  if [ ! -f "${real%/envs/*}/images/${real##*/}.sqfs" ]; then  # nor an image mounted there
+    echo "pixi-deploy-missing-environment" >&2; exit 97
+  fi
 fi
 if [ -n "$code" ]; then
   [ -f "$code/snapshot.json" ] || { echo "pixi-deploy-missing-code" >&2; exit 96; }
@@ -37,9 +39,11 @@ PREPARE = r"""
 set -e
 umask 077
 run=$1; env=$2
-if [ -n "$env" ] && [ ! -f "$env/activate.sh" ] \
-    && [ ! -f "${env%/envs/*}/images/${env##*/}.sqfs" ]; then  # nor an image mounted there
-  echo "pixi-deploy-missing-environment" >&2; exit 97
+if [ -n "$env" ] && [ ! -f "$env/activate.sh" ]; then
+  real=$(readlink -f -- "$env" 2>/dev/null) || real=$env  # a named deployment: its target
+  if [ ! -f "${real%/envs/*}/images/${real##*/}.sqfs" ]; then  # nor an image mounted there
+    echo "pixi-deploy-missing-environment" >&2; exit 97
+  fi
 fi
 mkdir -p "$run"
 tar -xf - -C "$run"
@@ -150,7 +154,8 @@ true
 # $1 = environment path, $2 = python command
 PYTHON_PROBE = r"""
 env=$1; py=$2
-if [ ! -f "$env/activate.sh" ] && [ -f "${env%/envs/*}/images/${env##*/}.sqfs" ]; then
+real=$(readlink -f -- "$env" 2>/dev/null) || real=$env
+if [ ! -f "$env/activate.sh" ] && [ -f "${real%/envs/*}/images/${real##*/}.sqfs" ]; then
   echo "pixi-deploy-image" >&2; exit 94  # a squashfs deployment: ask again with it mounted
 fi
 [ -f "$env/activate.sh" ] || { echo "pixi-deploy-missing-environment" >&2; exit 97; }
