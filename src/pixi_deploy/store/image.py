@@ -56,37 +56,56 @@ def mksquashfs_argv(tree: str, image: str) -> list[str]:
 
 def build_image(tree: Path, image: Path) -> str:
     """Build ``image`` from ``tree`` here; returns its sha256. A partial image is removed."""
-    if shutil.which("mksquashfs") is None:
-        raise StoreError(
-            "mksquashfs is not installed here, and the image is built here",
-            "install squashfs-tools (apt-get install squashfs-tools), or deploy with "
-            "--format directory",
-        )
-    try:
-        proc = subprocess.run(
-            mksquashfs_argv(str(tree), str(image)),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError as error:
-        image.unlink(missing_ok=True)
-        raise StoreError(f"cannot run mksquashfs: {error.strerror}") from error
-    if proc.returncode != 0:
-        image.unlink(missing_ok=True)
-        detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [
-            f"exit status {proc.returncode}"
-        ]
-        full = shutil.disk_usage(image.parent).free < (1 << 20)
+    ImageBuild(tree, image).wait()
+    return sha256_of(image)
+
+
+class ImageBuild:
+    """``mksquashfs`` running here: its output may be read (and sent) while it grows."""
+
+    def __init__(self, tree: Path, image: Path) -> None:
+        if shutil.which("mksquashfs") is None:
+            raise StoreError(
+                "mksquashfs is not installed here, and the image is built here",
+                "install squashfs-tools (apt-get install squashfs-tools), or deploy with "
+                "--format directory",
+            )
+        self.image = image
+        try:
+            self.process = subprocess.Popen(
+                mksquashfs_argv(str(tree), str(image)),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        except OSError as error:
+            raise StoreError(f"cannot run mksquashfs: {error.strerror}") from error
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.running():
+            self.process.kill()
+        self.process.wait()
+        self.image.unlink(missing_ok=True)
+
+    def wait(self) -> None:
+        """Raise one line if it failed (a full disk says so); a partial image is removed."""
+        _, stderr = self.process.communicate()
+        if self.process.returncode == 0:
+            return
+        self.image.unlink(missing_ok=True)
+        detail = stderr.strip().splitlines()[-1:] or [f"exit status {self.process.returncode}"]
+        full = shutil.disk_usage(self.image.parent).free < (1 << 20)
         if any(word in detail[0] for word in ("No space", "space left", "Disk quota")) or (
             "Failed to write" in detail[0] and full
         ):
             raise StoreError(
-                f"no space left on the device holding {image.parent} while building the image",
+                f"no space left on the device holding {self.image.parent} while building the image",
                 "free space or pick another folder",
             )
         raise StoreError(f"mksquashfs could not build the image: {detail[0]}")
-    return sha256_of(image)
 
 
 def sha256_of(path: Path) -> str:

@@ -2,24 +2,28 @@
 
 The image is built where the environment's tree is: on the cluster when it is laid out there
 already (a directory deployment of the same environment) and the cluster has mksquashfs;
-otherwise here, from a tree laid out for the cluster's path, and uploaded (resumable SFTP,
-checked by size and sha256). Either way it is published under the environment's lock by one
+otherwise here, from a tree laid out for the cluster's path, and streamed up in one pass,
+hashed on both ends as it goes. Either way it is published under the environment's lock by one
 rename, then its metadata, which makes it complete: an interrupted deploy leaves no image
-that a job would find, and a rerun resumes the upload.
+that a job would find; a dropped connection reconnects and sends the image again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pixi_deploy.errors import StoreError
 from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import lay_out_environment
 from pixi_deploy.progress import Reporter
 from pixi_deploy.store import remote_scripts as sh
-from pixi_deploy.store.image import build_image, mksquashfs_argv
+from pixi_deploy.store.image import ImageBuild, mksquashfs_argv
+from pixi_deploy.store.image_stream import send_while_building
 from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
 from pixi_deploy.transport import CommandResult, ConnectionLostError, RemoteCommandError
 from pixi_deploy.workspace import ResolvedEnvironment
@@ -46,6 +50,10 @@ class ImageDeploy:
         self.cache = cache
         self.reporter = reporter
         self.key = resolved.short_hash
+        #: laid out here (then the image built here): what a retry after a dropped
+        #: connection starts from
+        self._here: DeploymentMetadata | None = None
+        self._image_done = False
 
     def run(self) -> DeploymentMetadata:
         """Under the cluster's lock; a dropped connection re-takes it and resumes the upload
@@ -58,10 +66,9 @@ class ImageDeploy:
             return self._reused(found)
         before = store.transport.stats.bytes_uploaded
         with self.cache.scratch("staging", STAGING_PREFIX, remove_in_background=True) as tmp:
-            built: DeploymentMetadata | None = None
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 try:
-                    found, metadata, built = self._locked(tmp, built)
+                    found, metadata = self._locked(tmp)
                     if found is not None:
                         return self._reused(found)
                     break
@@ -74,10 +81,8 @@ class ImageDeploy:
         self.reporter.step(f"deployed environment image {self.key} at {metadata.image}")
         return metadata
 
-    def _locked(
-        self, tmp: Path, built: DeploymentMetadata | None
-    ) -> tuple[DeploymentMetadata | None, DeploymentMetadata, DeploymentMetadata | None]:
-        """(found, published, built here): one attempt while holding the cluster's lock."""
+    def _locked(self, tmp: Path) -> tuple[DeploymentMetadata | None, DeploymentMetadata]:
+        """(found, published): one attempt while holding the cluster's lock."""
         from pixi_deploy.store.remote import first_line
 
         store = self.store
@@ -87,16 +92,14 @@ class ImageDeploy:
             first_line(lock, store.base)
             found, can_build = self._probe()  # another deploy may have published it meanwhile
             if found is not None:
-                return found, found, built
+                return found, found
             if self.directory is not None and can_build:
-                return None, self._build_there(self.directory), built
-            if built is None:
-                built = self._build_here(tmp)
-                # a killed deploy's partial upload is of another build (mksquashfs records
-                # times): only this process's retries resume
-                staged = self._staged()
-                self._run('rm -f -- "$1" "$1.part"', [staged])
-            return None, self._upload(tmp / "image.sqfs", built), built
+                return None, self._build_there(self.directory)
+            if self._here is None:
+                self._here = self._lay_out(tmp)
+            if not self._image_done:
+                return None, self._build_and_stream(tmp, self._here)
+            return None, self._upload(tmp / "image.sqfs", self._here)
         finally:
             lock.close()
 
@@ -125,7 +128,7 @@ class ImageDeploy:
             base, format="squashfs", image=self.store.layout.image(self.key), reused=False
         )
 
-    def _build_here(self, tmp: Path) -> DeploymentMetadata:
+    def _lay_out(self, tmp: Path) -> DeploymentMetadata:
         final = self.store.layout.env(self.key)
         tree = tmp / "tree"
         lay_out_environment(
@@ -135,25 +138,71 @@ class ImageDeploy:
             DeploymentMetadata.for_environment(self.resolved, final, self.store.target)
         )
         metadata.write(tree / METADATA_NAME)
-        self.reporter.step("building the image here (mksquashfs, zstd)")
-        built = tmp / "image.sqfs"
-        metadata.image_sha256 = build_image(tree, built)
-        metadata.image_bytes = built.stat().st_size
-        shutil.rmtree(tree, ignore_errors=True)  # disk: the environment once, as the image
         return metadata
 
-    def _upload(self, built: Path, metadata: DeploymentMetadata) -> DeploymentMetadata:
-        """Resumable: an upload cut by a dropped connection goes on from its ``.part``."""
+    def _build_and_stream(self, tmp: Path, metadata: DeploymentMetadata) -> DeploymentMetadata:
+        """mksquashfs here, its output streamed up as it grows (store/image_stream.py)."""
         staged = self._staged()
-        self.reporter.step(f"uploading the image ({metadata.image_bytes / 1e6:.1f} MB)")
-        with self.reporter.task("upload", metadata.image_bytes) as advance:
-            sent = [0]
+        self._run('rm -f -- "$1"', [staged])  # a killed deploy's, of another build
+        self.reporter.step("building the image here (mksquashfs, zstd), uploading it meanwhile")
+        build = ImageBuild(tmp / "tree", tmp / "image.sqfs")
+        try:
+            with self.reporter.task("upload", None) as advance:
+                streamed, finish = send_while_building(self.store.transport, build, staged, advance)
+        except ConnectionLostError:  # the image is still finished, and sent whole next time
+            build.wait()
+            self._image_done = True
+            raise
+        except BaseException:
+            build.kill()
+            raise
+        build.wait()  # the build's own failure (a full disk here) comes first
+        self._image_done = True
+        shutil.rmtree(tmp / "tree", ignore_errors=True)  # disk: the environment once
+        metadata.image_bytes = (tmp / "image.sqfs").stat().st_size
+        if streamed.exit_status != 0:
+            self._check(streamed)
+        digest, patched = finish()
+        self._check(patched)
+        if patched.stdout.strip() != digest:  # written out of order after all: send it whole
+            self.reporter.step("the streamed image differs; sending it again whole")
+            return self._upload(tmp / "image.sqfs", metadata)
+        metadata.image_sha256 = digest
+        return self._publish(staged, metadata)
 
-            def progress(done: int, total: int) -> None:
-                advance(done - sent[0])
-                sent[0] = done
+    def _check(self, result: CommandResult) -> None:
+        if result.exit_status != 0:
+            detail = result.stderr.strip().splitlines()[-1:] or [
+                f"exit status {result.exit_status}"
+            ]
+            raise self._error(detail[0])
 
-            self.store.transport.upload(built, staged, progress)
+    def _upload(self, built: Path, metadata: DeploymentMetadata) -> DeploymentMetadata:
+        """One stream, hashed on both ends as it goes (no second pass over the image here or
+        there); a dropped connection sends it again."""
+        staged = self._staged()
+        size = built.stat().st_size
+        self.reporter.step(f"uploading the image ({size / 1e6:.1f} MB)")
+        digest = hashlib.sha256()
+        with self.reporter.task("upload", size) as advance:
+
+            def produce(write: Callable[[bytes], None]) -> None:
+                with open(built, "rb") as source:
+                    while chunk := source.read(1 << 20):
+                        digest.update(chunk)
+                        write(chunk)
+                        advance(len(chunk))
+
+            argv = ["sh", "-c", sh.IMAGE_RECEIVE, "sh", staged, str(size)]
+            result = self.store.transport.pipe(argv, produce)
+        self._check(result)
+        if result.stdout.strip() != digest.hexdigest():
+            self._run('rm -f -- "$1"', [staged])
+            raise StoreError(
+                "the environment image arrived damaged on the cluster (its sha256 differs)",
+                "run the deploy again",
+            )
+        metadata.image_sha256 = digest.hexdigest()
         return self._publish(staged, metadata)
 
     def _staged(self) -> str:

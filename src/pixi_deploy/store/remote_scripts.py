@@ -243,6 +243,18 @@ trap - EXIT
 printf '%s\n' "$built"
 """
 
+# Receive an image on stdin under its staging name, checksumming it as it is written (one pass);
+# prints its sha256. A short write (full disk) leaves tee's message last on stderr.
+# $1 = staging path, $2 = its size in bytes
+IMAGE_RECEIVE = r"""
+set -eu
+umask 022
+mkdir -p "${1%/*}"
+rm -f -- "$1"
+tee -- "$1" | sha256sum | cut -d' ' -f1
+[ "$(wc -c < "$1")" = "$2" ] || { rm -f -- "$1"; exit 4; }
+"""
+
 # Publish an image that arrived under a staging name (its sha256 checked already: by the upload,
 # or computed by IMAGE_BUILD; every job checks it again before mounting): make the mountpoint, rename it into place, then write its metadata (stdin), which makes it
 # complete. Run while the deploy holds LOCK (the environment's lock, and gc.lock shared).
