@@ -28,6 +28,9 @@ from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
 from pixi_deploy.transport import CommandResult, ConnectionLostError, RemoteCommandError
 from pixi_deploy.workspace import ResolvedEnvironment
 
+#: Upload the image while mksquashfs writes it (store/image_stream.py), or after.
+STREAM_WHILE_BUILDING = True
+
 if TYPE_CHECKING:
     from pixi_deploy.store.remote import RemoteStore
 
@@ -97,8 +100,13 @@ class ImageDeploy:
                 return None, self._build_there(self.directory)
             if self._here is None:
                 self._here = self._lay_out(tmp)
-            if not self._image_done:
+            if not self._image_done and STREAM_WHILE_BUILDING:
                 return None, self._build_and_stream(tmp, self._here)
+            if not self._image_done:
+                self.reporter.step("building the image here (mksquashfs, zstd)")
+                ImageBuild(tmp / "tree", tmp / "image.sqfs").wait()
+                self._image_done = True
+                shutil.rmtree(tmp / "tree", ignore_errors=True)
             return None, self._upload(tmp / "image.sqfs", self._here)
         finally:
             lock.close()
