@@ -233,3 +233,24 @@ def test_image_built_on_the_cluster_from_its_directory_deployment_and_named(
     result = job.wait(timeout=120)
     assert result.ok, result.message()
     assert "hello from greet" in job.logs()[0] and SQUASHFUSE in job.logs()[1]
+
+
+def test_image_uploaded_after_the_build_runs_too(
+    client: SlurmClient, transport: Transport, base: str, demo_ws: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The path a retry after a dropped connection takes: the finished image sent in one
+    checksummed stream (STREAM_WHILE_BUILDING off)."""
+    import pixi_deploy.store.remote_image as remote_image
+
+    monkeypatch.setattr(remote_image, "STREAM_WHILE_BUILDING", False)
+    store = RemoteStore(transport, base)
+    image = store.deploy(
+        load_workspace(demo_ws), cache=DownloadCache(tmp_path / "cache"), format="squashfs"
+    )
+    assert image.image_sha256 == _sh(transport, 'sha256sum < "$1"', image.image or "").split()[0]
+    assert _sh(transport, 'ls -A "$1/images"', base).split() == [
+        f"{image.deployment_path.rsplit('/', 1)[-1]}.json",
+        f"{image.deployment_path.rsplit('/', 1)[-1]}.sqfs",
+    ]
+    job = client.submit(JobSpec(command=["greet"], environment_path=image.deployment_path))
+    assert job.wait(timeout=120).ok and "hello from greet" in job.logs()[0]
