@@ -121,25 +121,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tree_size(tree: Path) -> tuple[int, int]:
-    """(files and folders, bytes) of a laid-out tree: what an image saves on the cluster."""
-    count, size = 0, 0
-    for path in tree.rglob("*"):
-        count += 1
-        if path.is_file() and not path.is_symlink():
-            size += path.stat().st_size
-    return count, size
-
-
 # Verify, then mount the image at the mountpoint for the command only, then run it there.
 # $1 = image, $2 = mountpoint, $3 = expected sha256 ("" = read it from the image's .json),
-# then the command. The first way the node has wins, and is logged on stderr:
-#   squashfuse inside a private user + mount namespace (two jobs on one node never share a
-#   mount; it disappears with the job), the command then back under the caller's own uid; a
-#   mount that ends during the command (squashfuse killed) is reported, and fails the run;
-#   apptainer / singularity, binding the image at the mountpoint inside the container named by
-#   PIXI_DEPLOY_APPTAINER_IMAGE (a container of the node's own OS).
-# A node with neither fails with one line naming what is missing.
+# then the command. It is mounted with squashfuse inside a private user + mount namespace (two
+# jobs on one node never share a mount; it disappears with the job), and the command then runs
+# under the caller's own uid again; the way is logged on stderr. A mount that ends during the
+# command (squashfuse killed) is reported, and fails the run. A node without squashfuse or
+# unprivileged user namespaces fails with one line naming what is missing. (Apptainer: not
+# chosen by jobs here; the README shows the `apptainer exec --bind` a user runs.)
 MOUNT_AND_RUN = r"""
 img=$1; mnt=$2; want=$3; shift 3
 node=${SLURMD_NODENAME:-$(uname -n)}
@@ -192,14 +181,7 @@ if [ -z "$missing" ]; then
     wait "$fuse" 2>/dev/null
     exit $rc' sh "$img" "$mnt" "$(id -u)" "$(id -g)" "$@"
 fi
-for tool in apptainer singularity; do
-  if command -v "$tool" >/dev/null 2>&1 && [ -n "${PIXI_DEPLOY_APPTAINER_IMAGE:-}" ]; then
-    printf 'pixi-deploy: binding %s at %s on %s with %s (squashfuse: no %s)\n' "$img" "$mnt" "$node" "$tool" "$missing" >&2
-    export PIXI_DEPLOY_IMAGE_MOUNTED=$tool
-    exec "$tool" exec --bind "$img:$mnt:image-src=/" "$PIXI_DEPLOY_APPTAINER_IMAGE" "$@"
-  fi
-done
-__pd_img_fail "$node has no $missing (nor apptainer/singularity with PIXI_DEPLOY_APPTAINER_IMAGE) to mount the environment image: install squashfuse and fuse3 on the nodes, or deploy with --format directory ($img)"
+__pd_img_fail "$node has no $missing to mount the environment image: install squashfuse and fuse3 on the nodes, or deploy with --format directory ($img)"
 """.replace("@STATUS@", str(IMAGE_FAILED_STATUS))
 
 
