@@ -174,6 +174,14 @@ def _pid_alive(pid: str) -> bool:
     return True
 
 
+@pytest.fixture(scope="session")
+def image_tools(cluster_script: ClusterScript) -> None:
+    """squashfs-tools, squashfuse and fuse3 installed (apt-get, on demand) and /dev/fuse usable
+    by the test user: what --format squashfs needs here and on the test cluster's nodes."""
+    done = cluster_script.run("image-tools")
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture
 def ssh_env(test_cluster: ClusterSettings, monkeypatch: pytest.MonkeyPatch) -> ClusterSettings:
     """Point the SLURM_EDGE_NODE_* settings at the test cluster (key authentication)."""

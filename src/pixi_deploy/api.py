@@ -36,6 +36,7 @@ from pixi_deploy.pack.inject import prepare_environment
 from pixi_deploy.pack.verify import check_digest
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.store import DeploymentMetadata, LocalStore, Store, run_in_environment
+from pixi_deploy.store.image import check_format
 from pixi_deploy.target import TargetFacts, check_target
 from pixi_deploy.workspace import (
     ResolvedEnvironment,
@@ -285,9 +286,13 @@ def deploy(
     build_sdists: bool = False,
     reporter: Reporter | None = None,
     transport: Transport | None = None,
+    format: str | None = None,
 ) -> DeploymentMetadata:
     """Deploy an environment to a content-addressed store (``target`` "local" or "ssh"),
     reusing it when it is there; returns its deployment metadata.
+
+    ``format`` "squashfs" publishes one image, BASE/images/<hash>.sqfs, that jobs mount at the
+    environment's path (default: ``[tool.pixi-deploy] format``, else "directory").
 
     For ``ssh`` the cluster comes from ``transport`` (default: the process's connection from
     ``SLURM_EDGE_NODE_*``) and ``base`` defaults to ``SLURM_DEPLOYMENT_BASE_PATH``; the platform
@@ -296,7 +301,12 @@ def deploy(
         manifest_path, environment, platform, cache_dir, tuple(inject), build_sdists
     )
     return deploy_prepared(
-        Preparation(request, reporter), target=target, base=base, name=name, transport=transport
+        Preparation(request, reporter),
+        target=target,
+        base=base,
+        name=name,
+        transport=transport,
+        format=format,
     )
 
 
@@ -307,12 +317,14 @@ def deploy_prepared(
     base: PathLike | None = None,
     name: str | None = None,
     transport: Transport | None = None,
+    format: str | None = None,
 ) -> DeploymentMetadata:
     """:func:`deploy` for a caller that holds a :class:`Preparation` already."""
     reporter = preparation.reporter
+    chosen = check_format(format or preparation.workspace.config.get("format"))
     if target == "local":
         store = LocalStore(local_base(preparation.workspace, base), preparation.cache)
-        return store.deploy(resolve_here(preparation), name=name, reporter=reporter)
+        return store.deploy(resolve_here(preparation), name=name, reporter=reporter, format=chosen)
     if target == "ssh":
         from pixi_deploy.store.remote import RemoteStore
 
@@ -326,6 +338,7 @@ def deploy_prepared(
             reporter=reporter,
             prepare=preparation.prepare,
             prepare_changes_identity=preparation.changes_identity,
+            format=chosen,
         )
     raise _unknown_target(target)
 
@@ -607,8 +620,17 @@ def _metadata_on_cluster(
     if environment_path is not None:
         if not needed:
             return DeploymentMetadata.at(environment_path)
+        from pixi_deploy.transport import RemoteFileNotFoundError
+
         transport = deploy_options.get("transport") or _transport()
-        text = transport.read_bytes(f"{environment_path.rstrip('/')}/deployment_metadata.json")
+        path = environment_path.rstrip("/")
+        try:
+            text = transport.read_bytes(f"{path}/deployment_metadata.json")
+        except RemoteFileNotFoundError:  # an image's mountpoint: its metadata is beside it
+            head, _, key = path.rpartition("/envs/")
+            if not head:
+                raise
+            text = transport.read_bytes(f"{head}/images/{key}.json")
         return DeploymentMetadata.from_json(text.decode(), f"{environment_path} on the cluster")
     if deployment is not None:
         return DeploymentMetadata.read(Path(deployment))

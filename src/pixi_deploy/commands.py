@@ -211,6 +211,14 @@ def deploy(
     cache_dir: CacheDirOpt = None,
     inject: InjectOpt = None,
     build_sdists: BuildSdistsOpt = False,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="'directory' (default) or 'squashfs': one image BASE/images/<hash>.sqfs that "
+            "jobs mount at the environment's path (squashfuse, or apptainer)",
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Deploy an environment to a content-addressed store; reuse it when already there."""
@@ -225,13 +233,15 @@ def deploy(
         inject=inject or (),
         build_sdists=build_sdists,
         reporter=_reporter(json_),
+        format=format,
     )
     metadata.write(metadata_out)
     verb = "reused" if metadata.reused else "deployed"
     _emit(
         json_,
         {**json.loads(metadata.to_json()), "metadata_file": str(metadata_out)},
-        f"{verb} {metadata.environment} ({metadata.platform}) at {metadata.deployment_path}",
+        f"{verb} {metadata.environment} ({metadata.platform}) at {metadata.deployment_path}"
+        + (f" (image {metadata.image})" if metadata.image else ""),
     )
 
 

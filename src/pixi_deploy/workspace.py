@@ -302,7 +302,7 @@ class Workspace:
     @property
     def config(self) -> dict[str, Any]:
         """Defaults from ``[tool.pixi-deploy]`` (in pixi.toml or pyproject.toml), type-checked:
-        ``environment``, ``platform`` and ``base`` are strings."""
+        ``environment``, ``platform``, ``base`` and ``format`` are strings."""
         tool = self._raw.get("tool", {})
         table = tool.get("pixi-deploy", {}) if isinstance(tool, dict) else {}
         if not isinstance(table, dict):
@@ -310,7 +310,7 @@ class Workspace:
                 f"[tool.pixi-deploy] in {self.manifest_path} is not a table",
                 "write it as a TOML table: [tool.pixi-deploy]",
             )
-        for key in ("environment", "platform", "base"):
+        for key in ("environment", "platform", "base", "format"):
             if key in table and not isinstance(table[key], str):
                 raise WorkspaceError(
                     f"[tool.pixi-deploy] {key} = {table[key]!r} in {self.manifest_path} is not "

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from pixi_deploy import api
 from pixi_deploy.errors import ConfigError
-from pixi_deploy.transport import RemoteCommandError
+from pixi_deploy.store.image import mount_and_run_argv
+from pixi_deploy.transport import RemoteCommandError, sh_c
 
 from . import remote, runner
 from .function_job import ArrayTracker, FunctionJob
@@ -221,8 +222,18 @@ class Executor:
             return self._env_path
 
     def _check_python(self, env_path: str) -> None:
+        probe = sh_c(remote.PYTHON_PROBE, [env_path, self.python])
         try:
-            out = self.transport.run_script(remote.PYTHON_PROBE, [env_path, self.python]).stdout
+            try:
+                out = self.transport.run(probe).stdout
+            except RemoteCommandError as error:
+                if "pixi-deploy-image" not in error.stderr:
+                    raise
+                # a squashfs deployment: probe it mounted on the login node, as a job would
+                real = self.transport.run(["readlink", "-f", "--", env_path]).stdout.strip()
+                head, _, key = real.rpartition("/envs/")
+                image = f"{head}/images/{key}.sqfs"
+                out = self.transport.run(mount_and_run_argv(image, real, "", probe)).stdout
         except RemoteCommandError as error:
             if "pixi-deploy-no-python" in error.stderr:
                 raise ConfigError(

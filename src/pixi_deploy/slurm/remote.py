@@ -17,7 +17,10 @@ set -e
 umask 077
 run=$1; env=$2; base=$3; rid=$4; code=$5; shift 5
 if [ -n "$env" ] && [ ! -f "$env/activate.sh" ]; then
-  echo "pixi-deploy-missing-environment" >&2; exit 97
+  real=$(readlink -f -- "$env" 2>/dev/null) || real=$env  # a named deployment: its target
+  if [ ! -f "${real%/envs/*}/images/${real##*/}.sqfs" ]; then  # nor an image mounted there
+    echo "pixi-deploy-missing-environment" >&2; exit 97
+  fi
 fi
 if [ -n "$code" ]; then
   [ -f "$code/snapshot.json" ] || { echo "pixi-deploy-missing-code" >&2; exit 96; }
@@ -39,7 +42,10 @@ set -e
 umask 077
 run=$1; env=$2; code=${3:-}
 if [ -n "$env" ] && [ ! -f "$env/activate.sh" ]; then
-  echo "pixi-deploy-missing-environment" >&2; exit 97
+  real=$(readlink -f -- "$env" 2>/dev/null) || real=$env  # a named deployment: its target
+  if [ ! -f "${real%/envs/*}/images/${real##*/}.sqfs" ]; then  # nor an image mounted there
+    echo "pixi-deploy-missing-environment" >&2; exit 97
+  fi
 fi
 if [ -n "$code" ]; then
   [ -f "$code/snapshot.json" ] || { echo "pixi-deploy-missing-code" >&2; exit 96; }
@@ -154,6 +160,10 @@ true
 # $1 = environment path, $2 = python command
 PYTHON_PROBE = r"""
 env=$1; py=$2
+real=$(readlink -f -- "$env" 2>/dev/null) || real=$env
+if [ ! -f "$env/activate.sh" ] && [ -f "${real%/envs/*}/images/${real##*/}.sqfs" ]; then
+  echo "pixi-deploy-image" >&2; exit 94  # a squashfs deployment: ask again with it mounted
+fi
 [ -f "$env/activate.sh" ] || { echo "pixi-deploy-missing-environment" >&2; exit 97; }
 . "$env/activate.sh" >/dev/null 2>&1 || { echo "pixi-deploy-cannot-activate" >&2; exit 96; }
 command -v "$py" >/dev/null 2>&1 || { echo "pixi-deploy-no-python" >&2; exit 95; }

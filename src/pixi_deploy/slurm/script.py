@@ -20,6 +20,7 @@ import time
 from pixi_deploy.code.checkout import no_code_shell
 from pixi_deploy.errors import SchedulerError
 from pixi_deploy.launchers import BashLauncher
+from pixi_deploy.store.image import MOUNT_AND_RUN
 from pixi_deploy.transport import quoting
 
 from .spec import JobSpec
@@ -36,7 +37,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PREAMBLE = r"""
 export PIXI_DEPLOY_RUN_DIR={run_dir}
 __pd_fail() {{ printf 'pixi-deploy: %s\n' "$1" >&2; exit {status}; }}
-if [ -f "$PIXI_DEPLOY_RUN_DIR/{secrets}" ]; then
+{image}if [ -f "$PIXI_DEPLOY_RUN_DIR/{secrets}" ]; then
   . "$PIXI_DEPLOY_RUN_DIR/{secrets}" || __pd_fail "reading the secrets file failed"
   {remove_secrets}
 fi
@@ -81,16 +82,41 @@ def _directive(option: str) -> str:
     return f"#SBATCH {option}"
 
 
+# A squashfs deployment (store/image.py): its mountpoint BASE/envs/<hash> is empty and the image
+# BASE/images/<hash>.sqfs beside it. The script then runs again, whole, with the image mounted
+# at the mountpoint for this job only (the secrets file is still there for that run; the
+# in-use lock on fd 9 is inherited, so prune leaves the image alone while the job runs).
+_IMAGE = r"""__pd_env={env_path}
+if [ -n "$__pd_env" ] && [ -z "${{PIXI_DEPLOY_IMAGE_MOUNTED:-}}" ]; then
+  __pd_real=$(readlink -f -- "$__pd_env" 2>/dev/null) || __pd_real=$__pd_env
+  [ -n "$__pd_real" ] || __pd_real=$__pd_env
+  __pd_key=${{__pd_real##*/}}
+  __pd_base=${{__pd_real%/envs/*}}
+  if [ ! -f "$__pd_real/activate.sh" ] && [ -d "$__pd_base/locks" ] \
+      && [ -f "$__pd_base/images/$__pd_key.sqfs" ]; then
+    exec 9>>"$__pd_base/locks/$__pd_key.in-use" && flock -s 9 \
+      || __pd_fail "cannot take the in-use lock of $__pd_real"
+    exec /bin/sh -c {mount} sh "$__pd_base/images/$__pd_key.sqfs" "$__pd_real" "" \
+      /bin/bash "$0" "$@"
+  fi
+fi
+"""
+
+
 def preamble(spec: JobSpec, run_dir: str, *, keep_secrets: bool = False) -> str:
     """Everything before the launcher: run dir, secrets, lock + activation, workdir, env vars."""
     remove = ":" if keep_secrets else 'rm -f -- "$PIXI_DEPLOY_RUN_DIR/' + SECRETS_FILE + '"'
+    env_path = quoting.quote(spec.environment_path or "")
     text = _PREAMBLE.format(
         run_dir=quoting.quote(run_dir),
         status=ENV_MISSING_STATUS,
         secrets=SECRETS_FILE,
+        image=_IMAGE.format(env_path=env_path, mount=quoting.quote(MOUNT_AND_RUN))
+        if spec.environment_path
+        else "",
         remove_secrets=remove,
         code=spec.code.shell() if spec.code else no_code_shell(),
-        env_path=quoting.quote(spec.environment_path or ""),
+        env_path=env_path,
         cd=spec.code.cd_line() if spec.code else _cd_line(spec.workdir or run_dir),
     )
     exports = [f"export {_check_env(k)}={quoting.quote(v)}" for k, v in spec.env.items()]

@@ -2,6 +2,9 @@
 
     BASE/envs/<hash>/            a complete environment (activate.sh, deployment_metadata.json)
     BASE/envs/.<hash>.staging-*  an environment being built; never used, removed when stale
+    BASE/images/<hash>.sqfs      a single-file environment (--format squashfs); its mountpoint
+                                 is the empty folder BASE/envs/<hash> (store/image.py)
+    BASE/images/<hash>.json      its deployment metadata, with the image's sha256
     BASE/locks/<hash>.lock       held (exclusive) by the one deploy that builds <hash>
     BASE/locks/<hash>.in-use     held (shared) by every run using <hash>; prune skips those
     BASE/names/<name>            symlink to ../envs/<hash>: named deployments (branches, releases)
@@ -35,6 +38,12 @@ class StoreLayout:
 
     def env(self, key: str) -> str:
         return f"{self.base}/envs/{key}"
+
+    def image(self, key: str) -> str:
+        return f"{self.base}/images/{key}.sqfs"
+
+    def image_metadata(self, key: str) -> str:
+        return f"{self.base}/images/{key}.json"
 
     def staging_prefix(self, key: str) -> str:
         return f"{self.base}/envs/.{key}.staging-"

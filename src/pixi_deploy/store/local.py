@@ -9,6 +9,7 @@ environment where a run would find it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -23,6 +24,7 @@ from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import ACTIVATE_NAME, check_environment_path, lay_out_environment
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.scratch import discarded_on_exit
+from pixi_deploy.store.image import build_image, check_format, mount_and_run_argv
 from pixi_deploy.store.layout import StoreLayout
 from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
 from pixi_deploy.workspace import ResolvedEnvironment, current_platform
@@ -42,8 +44,11 @@ class LocalStore:
         *,
         name: str | None = None,
         reporter: Reporter | None = None,
+        format: str | None = None,
     ) -> DeploymentMetadata:
+        """``format`` "squashfs": one image, BASE/images/<hash>.sqfs (store/image.py)."""
         reporter = reporter or NullReporter()
+        image = check_format(format) == "squashfs"
         if resolved.platform != current_platform():
             raise StoreError(
                 f"a local target runs {current_platform()}, not {resolved.platform}",
@@ -52,6 +57,12 @@ class LocalStore:
         self._prepare_base()
         key = resolved.short_hash
         final = Path(self.layout.env(key))
+        if image:
+            published = self._deploy_image(resolved, key, final, reporter)
+            if name:
+                self._set_name(name, key)
+                published.name = name
+            return published
         existing = self._complete(final)
         if existing is None:
             with self._exclusive(key):
@@ -90,6 +101,60 @@ class LocalStore:
             raise store_error_from_os(error, final) from error
         reporter.step(f"deployed environment {key} at {final}")
 
+    def _deploy_image(
+        self, resolved: ResolvedEnvironment, key: str, final: Path, reporter: Reporter
+    ) -> DeploymentMetadata:
+        meta = Path(self.layout.image_metadata(key))
+        existing = self._complete_image(meta)
+        if existing is None:
+            with self._exclusive(key):
+                existing = self._complete_image(meta)
+                if existing is None:
+                    return self._build_image(resolved, key, final, reporter)
+        existing.reused = True
+        reporter.step(f"environment image {key} is already deployed at {existing.image}")
+        return existing
+
+    def _build_image(
+        self, resolved: ResolvedEnvironment, key: str, final: Path, reporter: Reporter
+    ) -> DeploymentMetadata:
+        """Lay out beside the image for the mountpoint's path, squash, publish by renaming."""
+        images = Path(self.layout.image(key)).parent
+        for stale in images.glob(f".{key}.staging-*"):  # a killed build's; we hold the lock
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+        try:
+            with discarded_on_exit(
+                lambda: Path(tempfile.mkdtemp(dir=images, prefix=f".{key}.staging-")),
+                lambda staging: shutil.rmtree(staging, ignore_errors=True),
+            ) as staging:
+                tree = staging / "tree"
+                lay_out_environment(
+                    resolved, self.cache, staging=tree, final=final, reporter=reporter
+                )
+                metadata = DeploymentMetadata.for_environment(resolved, str(final), "local")
+                metadata.format = "squashfs"
+                metadata.image = self.layout.image(key)
+                metadata.write(tree / METADATA_NAME)
+                reporter.step(f"building the image {metadata.image} (mksquashfs, zstd)")
+                built = staging / "image.sqfs"
+                metadata.image_sha256 = build_image(tree, built)
+                metadata.image_bytes = built.stat().st_size
+                final.mkdir(exist_ok=True)  # the mountpoint
+                os.rename(built, metadata.image)
+                metadata.write(Path(self.layout.image_metadata(key)))  # published: complete
+        except OSError as error:
+            raise store_error_from_os(error, images) from error
+        reporter.step(f"deployed environment image {key} at {metadata.image}")
+        return metadata
+
+    def _complete_image(self, meta: Path) -> DeploymentMetadata | None:
+        if not meta.is_file() or not Path(meta.with_suffix(".sqfs")).is_file():
+            return None
+        return DeploymentMetadata.read(meta)
+
     def _complete(self, final: Path) -> DeploymentMetadata | None:
         meta = final / METADATA_NAME
         if not meta.is_file():
@@ -98,7 +163,7 @@ class LocalStore:
 
     def _prepare_base(self) -> None:
         try:
-            for sub in ("envs", "locks", "names"):
+            for sub in ("envs", "locks", "names", "images"):
                 (self.base / sub).mkdir(parents=True, exist_ok=True)
             with open(self.base / "locks" / ".write-probe", "a"):
                 pass  # fails now, with a clear message, if the base is not writable
@@ -132,6 +197,11 @@ class LocalStore:
             meta = self._complete(path)
             if meta is not None:
                 found.append(meta)
+        images = self.base / "images"
+        for path in sorted(images.glob("*.json")) if images.is_dir() else []:
+            meta = self._complete_image(path)
+            if meta is not None:
+                found.append(meta)
         found.sort(key=lambda m: m.created, reverse=True)
         return found
 
@@ -156,11 +226,26 @@ class LocalStore:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a run is using it
+                if meta.format == "squashfs" and meta.image:
+                    self._remove_image(key, meta.image)
+                    removed.append(meta.image)
+                    continue
                 doomed = Path(meta.deployment_path).with_name(f".{key}.staging-pruned")
                 os.rename(meta.deployment_path, doomed)  # disappears atomically for readers
                 shutil.rmtree(doomed, ignore_errors=True)
                 removed.append(meta.deployment_path)
         return removed
+
+    def _remove_image(self, key: str, image: str) -> None:
+        """Metadata first (the image is then no deployment), then the image, then the empty
+        mountpoint; the caller holds the in-use lock exclusively."""
+        meta = Path(self.layout.image_metadata(key))
+        doomed = meta.with_name(f".{key}.staging-pruned.json")
+        os.rename(meta, doomed)
+        Path(image).unlink(missing_ok=True)
+        doomed.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: a directory deployment is there too
+            Path(self.layout.env(key)).rmdir()
 
     # -- run ------------------------------------------------------------------------------------
     def run(
@@ -188,7 +273,8 @@ def run_in_environment(
     before activation (``PIXI_PROJECT_ROOT`` for a run in the workspace); without it, an
     inherited PIXI_PROJECT_ROOT is dropped, so activate.sh uses the scripts it carries."""
     activate = prefix / ACTIVATE_NAME
-    if not activate.is_file():
+    image = _image_of(prefix, layout)
+    if not activate.is_file() and image is None:
         raise StoreError(
             f"no deployed environment at {prefix} (it does not exist or was pruned)",
             "run `pixi-deploy deploy` again",
@@ -198,6 +284,8 @@ def run_in_environment(
             "no command given", "put it after `--`, e.g. `pixi-deploy run -- python -V`"
         )
     argv = ["/bin/sh", "-c", '. "$0" && exec "$@"', str(activate), *command]
+    if not activate.is_file() and image is not None:  # mounted for this run only
+        argv = mount_and_run_argv(image, str(prefix), "", argv)
     in_use = layout.in_use(prefix.name) if layout else None
     environment = {k: v for k, v in os.environ.items() if k != "PIXI_PROJECT_ROOT"}
     environment.update(env or {})
@@ -216,3 +304,12 @@ def _shared_lock(path: str | None) -> Iterator[None]:
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_SH)
         yield
+
+
+def _image_of(prefix: Path, layout: StoreLayout | None) -> str | None:
+    """The image deployed for ``prefix`` (its mountpoint), if any."""
+    if layout is None:
+        return None
+    meta = Path(layout.image_metadata(prefix.name))
+    image = meta.with_suffix(".sqfs")
+    return str(image) if meta.is_file() and image.is_file() else None

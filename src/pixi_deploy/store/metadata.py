@@ -39,6 +39,13 @@ class DeploymentMetadata:
     pypi_packages: int = 0
     tool_version: str = __version__
     reused: bool = False
+    #: "directory", or "squashfs": then ``deployment_path`` is the image's mountpoint and
+    #: ``image`` the image (BASE/images/<hash>.sqfs), checked against ``image_sha256`` by
+    #: every job before it is mounted (store/image.py).
+    format: str = "directory"
+    image: str | None = None
+    image_sha256: str | None = None
+    image_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

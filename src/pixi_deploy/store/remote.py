@@ -24,6 +24,7 @@ from pixi_deploy.scratch import prune_abandoned
 from pixi_deploy.store import remote_scripts as sh
 from pixi_deploy.store.bundle import stream_bundle
 from pixi_deploy.store.groups import Plan, plan
+from pixi_deploy.store.image import check_format
 from pixi_deploy.store.layout import StoreLayout, check_name
 from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
 from pixi_deploy.store.payloads import (
@@ -124,6 +125,7 @@ class RemoteStore:
         reporter: Reporter | None = None,
         prepare: Callable[[ResolvedEnvironment], ResolvedEnvironment] | None = None,
         prepare_changes_identity: bool = True,
+        format: str | None = None,
     ) -> DeploymentMetadata:
         """``prepare`` turns the locked environment into the one shipped (`api.Preparation`).
         When it may change the environment's identity (building path dependencies, injecting
@@ -131,6 +133,7 @@ class RemoteStore:
         environment is probed for; otherwise the probe asks for the locked one and only the
         chosen platform's environment is prepared."""
         reporter = reporter or NullReporter()
+        image = check_format(format) == "squashfs"
         if name:
             check_name(name)
         cache = cache or DownloadCache()
@@ -149,7 +152,11 @@ class RemoteStore:
                 )
             resolved = prepared
         check_target(resolved.virtual_packages, self.facts, _what(resolved))
-        if existing is None:
+        if image:
+            from pixi_deploy.store.remote_image import ImageDeploy  # it builds on this module
+
+            existing = ImageDeploy(self, resolved, existing, cache, reporter).run()
+        elif existing is None:
             existing = self._deploy_locked(resolved, cache, reporter)
         else:
             self.last_transfer = TransferReport()
@@ -235,7 +242,7 @@ class RemoteStore:
                     reporter.step(
                         f"taking the cluster's lock for {key} (waits while another deploy builds it)"
                     )
-                    if _first_line(lock, self.base) == "present":  # another deploy finished it
+                    if first_line(lock, self.base) == "present":  # another deploy finished it
                         text = self.transport.read_bytes(f"{final}/{METADATA_NAME}").decode()
                         metadata = DeploymentMetadata.from_json(text, f"{final}/{METADATA_NAME}")
                         metadata.reused = True
@@ -382,7 +389,7 @@ class RemoteStore:
             detail = result.stderr.strip().splitlines()[-1:] or [
                 f"exit status {result.exit_status}"
             ]
-            raise _store_error_text(detail[0], self.base)
+            raise store_error_text(detail[0], self.base)
 
     def _finalize(self, args: list[str]) -> None:
         """Run under the transport's watchdog: if we die, the edge node stops building too."""
@@ -390,7 +397,7 @@ class RemoteStore:
         status = self.transport.stream(sh_c(sh.FINALIZE, args), lambda line: None, errors.append)
         if status != 0:
             detail = errors[-1] if errors else f"exit status {status}"
-            raise _store_error_text(detail, self.base)
+            raise store_error_text(detail, self.base)
 
     def _run(self, script: str, args: list[str], input: str | None = None) -> CommandResult:
         try:
@@ -436,22 +443,22 @@ def _what(resolved: ResolvedEnvironment) -> str:
     return f"environment '{resolved.name}' ({resolved.platform})"
 
 
-def _first_line(lines: LineStream, base: str) -> str:
+def first_line(lines: LineStream, base: str) -> str:
     errors: list[str] = []
     for stream, line in lines.follow():
         if stream == "stdout":
             return line.strip()
         errors.append(line)
     detail = errors[-1] if errors else "the lock command ended early"
-    raise _store_error_text(detail, base)
+    raise store_error_text(detail, base)
 
 
 def _store_error(error: RemoteCommandError, base: str) -> StoreError:
     text = (error.stderr or str(error)).strip().splitlines()
-    return _store_error_text(text[-1] if text else str(error), base)
+    return store_error_text(text[-1] if text else str(error), base)
 
 
-def _store_error_text(detail: str, base: str) -> StoreError:
+def store_error_text(detail: str, base: str) -> StoreError:
     if "No space left" in detail or "Disk quota" in detail:
         return StoreError(
             f"the cluster has no space left under {base}",

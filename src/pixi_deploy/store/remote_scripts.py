@@ -168,6 +168,12 @@ if [ -d "$base/envs" ]; then
     cat "$f"; printf '\n\036\n'
   done
 fi
+if [ -d "$base/images" ]; then
+  for f in "$base"/images/*.json; do
+    [ -f "$f" ] && [ -f "${f%.json}.sqfs" ] || continue
+    cat "$f"; printf '\n\036\n'
+  done
+fi
 printf '\035\n'
 if [ -d "$base/names" ]; then
   cd "$base/names" && find . -type l -printf '%P\t%l\n'
@@ -183,6 +189,18 @@ exec 9>"$base/locks/gc.lock"
 flock -x 9
 for key; do
   env="$base/envs/$key"
+  meta="$base/images/$key.json"
+  if [ -f "$meta" ]; then
+    # an image: its metadata goes first (it is then no deployment), then the image, then the
+    # empty mountpoint; all while holding the in-use lock, which every job mounting it holds
+    if flock -xn "$base/locks/$key.in-use" sh -c '
+        mv -f "$1/images/$2.json" "$1/images/.$2.pruned-$$.json" &&
+        rm -f "$1/images/$2.sqfs" "$1/images/.$2.pruned-$$.json" &&
+        { rmdir "$1/envs/$2" 2>/dev/null || :; }' sh "$base" "$key"; then
+      printf '%s\n' "$key"
+    fi
+    continue
+  fi
   [ -d "$env" ] || continue
   doomed="$base/envs/.$key.pruned-$$"
   # holding the in-use lock while moving: a job that starts later finds no environment
@@ -196,4 +214,65 @@ for g in "$base"/objects/*/; do
   [ -d "$g" ] || continue
   if [ -z "$(find "$g" -type f -links +1 -print -quit)" ]; then rm -rf "$g"; fi
 done
+"""
+
+# --- single-file environments (store/image.py) -------------------------------------------------
+
+# Is the image published? Prints its metadata; and whether the cluster can build images itself.
+# $1 = base, $2 = key
+IMAGE_PROBE = r"""
+if command -v mksquashfs >/dev/null 2>&1; then echo mksquashfs=yes; else echo mksquashfs=no; fi
+if [ -f "$1/images/$2.json" ] && [ -f "$1/images/$2.sqfs" ]; then
+  printf '\036\n'; cat "$1/images/$2.json"
+fi
+"""
+
+# Build the image on the cluster from the environment laid out there (BASE/envs/<key>), beside
+# its final name; prints its sha256 and size. $1 = base, $2 = key, then mksquashfs's options.
+IMAGE_BUILD = r"""
+set -eu
+base=$1; key=$2; shift 2
+umask 022
+mkdir -p "$base/images"
+built="$base/images/.$key.staging-$$.sqfs"
+trap 'rm -f "$built"' EXIT
+mksquashfs "$base/envs/$key" "$built" "$@" >/dev/null
+sha256sum < "$built" | cut -d' ' -f1
+wc -c < "$built"
+trap - EXIT
+printf '%s\n' "$built"
+"""
+
+# Receive an image on stdin under its staging name, checksumming it as it is written (one pass);
+# prints its sha256. A short write (full disk) leaves tee's message last on stderr.
+# $1 = staging path, $2 = its size in bytes
+IMAGE_RECEIVE = r"""
+set -eu
+umask 022
+mkdir -p "${1%/*}"
+rm -f -- "$1"
+tee -- "$1" | sha256sum | cut -d' ' -f1
+[ "$(wc -c < "$1")" = "$2" ] || { rm -f -- "$1"; exit 4; }
+"""
+
+# Publish an image that arrived under a staging name (its sha256 checked already: by the upload,
+# or computed by IMAGE_BUILD; every job checks it again before mounting): make the mountpoint, rename it into place, then write its metadata (stdin), which makes it
+# complete. Run while the deploy holds LOCK (the environment's lock, and gc.lock shared).
+# $1 = base, $2 = key, $3 = staging image
+IMAGE_PUBLISH = r"""
+set -eu
+base=$1; key=$2; staged=$3
+umask 022
+mkdir -p "$base/images" "$base/envs"
+meta="$base/images/$key.json"
+if [ -f "$meta" ] && [ -f "$base/images/$key.sqfs" ]; then
+  rm -f "$staged"; cat > /dev/null; echo present; exit 0
+fi
+[ -f "$staged" ] || { echo "the image $staged did not arrive" >&2; exit 4; }
+mkdir -p "$base/envs/$key"
+chmod 644 "$staged"
+mv -f "$staged" "$base/images/$key.sqfs"
+cat > "$meta.tmp.$$"
+mv -f "$meta.tmp.$$" "$meta"
+echo published
 """
