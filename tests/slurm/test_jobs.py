@@ -129,14 +129,15 @@ def test_slurm_time_limit_is_timeout(transport: Transport, base: str) -> None:
 
 
 def test_wait_timeout_counts_running_time_only(client: SlurmClient) -> None:
-    # queued for ~3 s (--begin), runs 1 s: a 2 s running-time budget is enough
+    # queued for ~12 s (--begin), runs 1 s: an 8 s running-time budget is enough, and would
+    # not be if the queued time counted (the slack is for a loaded machine's slow start)
     spec = JobSpec(
-        script="sleep 1; echo ran", resources=JobResources(extra_sbatch=["--begin=now+3"])
+        script="sleep 1; echo ran", resources=JobResources(extra_sbatch=["--begin=now+12"])
     )
     started = time.monotonic()
-    result = client.submit(spec).wait(timeout=2)
-    assert result.state == "COMPLETED" and "ran" in result.stdout_tail
-    assert time.monotonic() - started > 3
+    result = client.submit(spec).wait(timeout=8)
+    assert result.state == "COMPLETED" and "ran" in result.stdout_tail, result
+    assert time.monotonic() - started > 12
     # runs too long: cancelled by pixi-deploy, reported as TIMEOUT
     job = client.submit(JobSpec(script="echo start; sleep 60"))
     result = job.wait(timeout=2)
