@@ -8,7 +8,7 @@ delete the cache again, which made unpack 2.2x ``tar -x`` of the same tree.
 
 So for the common case, a ``.conda`` package that is not ``noarch: python``, this module writes
 the payload tar straight into the prefix (`pack.writers` and `pack.untar`: the archive is read
-where it lies, mapped into memory), patches the files that carry a prefix placeholder, and
+where it lies, in chunks), patches the files that carry a prefix placeholder, and
 writes ``conda-meta/<pkg>.json`` as rattler would. Everything else (``.tar.bz2``, ``noarch:
 python`` with its site-packages remapping and entry points, packages whose paths overlap
 another's, shebangs that would outgrow the kernel's limit) is handed back to the caller for
@@ -33,7 +33,13 @@ import rattler
 import zstandard
 
 from pixi_deploy.pack import verdicts
-from pixi_deploy.pack.archives import Archive, ArchiveSlice, archive_size, mapped, open_archive
+from pixi_deploy.pack.archives import (
+    Archive,
+    ArchiveSlice,
+    archive_size,
+    open_archive,
+    open_range,
+)
 from pixi_deploy.pack.confined import ConfinedFolder, UnsafeMember, is_beneath
 from pixi_deploy.pack.guard import MAX_INFO_FILE, check_symlinks, checked_paths, refuse
 from pixi_deploy.pack.linking import DirectPackage, Linker
@@ -247,11 +253,11 @@ def _extract_prefix_specific(
                 above = folder if folder in every_symlink else is_beneath(folder, every_symlink)
                 if above is not None:
                     raise UnsafeMember(f"{folder} lies beneath the symlink {above}")
-        with mapped(package.archive) as data:
-            if isinstance(package.archive, ArchiveSlice):
-                package.archive.check(data)
+        if isinstance(package.archive, ArchiveSlice):
+            package.archive.verify()
+        with open_range(package.archive, offset, size) as payload:
             symlinks = extract_payload(
-                data[offset : offset + size],
+                payload,
                 str(staging),
                 declared_symlinks=package.symlinks,
                 all_symlinks=every_symlink,

@@ -49,7 +49,7 @@ import rattler
 import zstandard
 
 from pixi_deploy.errors import PackError
-from pixi_deploy.pack.archives import Archive, check_digest, mapped, open_archive
+from pixi_deploy.pack.archives import Archive, check_digest, open_archive, open_range
 from pixi_deploy.pack.confined import UnsafeMember
 from pixi_deploy.pack.untar import WINDOW, UnusualMember, extract_payload
 
@@ -347,17 +347,17 @@ def _serve(connection: Connection, sha256: Any) -> None:
 def _perform(job: _Job, buffer: bytearray, sha256: Any) -> _Result:
     """Check the archive against its sha256, then write its payload (symlinks recorded)."""
     try:
-        with mapped(job.archive) as data:
-            check_digest(job.archive, data, sha256)
-            if job.payload_at is None:  # a zip-compressed payload: streamed through zipfile
-                with (
-                    open_archive(job.archive) as source,
-                    zipfile.ZipFile(source) as zf,
-                    zf.open(job.payload_member) as stream,
-                ):
-                    return ("written", _extract(job, stream, buffer))
-            offset, size = job.payload_at
-            return ("written", _extract(job, data[offset : offset + size], buffer))
+        check_digest(job.archive, buffer, sha256)  # in chunks: memory stays flat (issue 18)
+        if job.payload_at is None:  # a zip-compressed payload: streamed through zipfile
+            with (
+                open_archive(job.archive) as source,
+                zipfile.ZipFile(source) as zf,
+                zf.open(job.payload_member) as stream,
+            ):
+                return ("written", _extract(job, stream, buffer))
+        offset, size = job.payload_at
+        with open_range(job.archive, offset, size) as payload:
+            return ("written", _extract(job, payload, buffer))
     except zstandard.ZstdError as error:
         return (
             "failed",
