@@ -32,6 +32,7 @@ from typing import IO, BinaryIO
 import rattler
 import zstandard
 
+from pixi_deploy.errors import PackError
 from pixi_deploy.pack import verdicts
 from pixi_deploy.pack.archives import (
     Archive,
@@ -156,6 +157,56 @@ def _install_written(
     return DirectResult(
         _in_order(writers.unreadable + linker.given_back, records), [], writers.symlinks
     )
+
+
+class StreamedDirect:
+    """`install_direct` for archives that arrive one after another (a pack read from a stream):
+    each is written as soon as it is there and its file removed once it is linked, so only a
+    few archives are ever on disk beside the environment. Those the direct path hands back
+    (for rattler) are kept. Two packages owning one path cannot be left to rattler here (their
+    archives are gone): that is refused, with a hint to unpack from a file."""
+
+    def __init__(self, staging: Path, final: Path, workers: int | None = None) -> None:
+        staging.mkdir(parents=True, exist_ok=True)
+        self.staging, self.final = staging, final
+        self.linker = Linker(staging, final)
+        try:
+            self.writers = PackageWriters(staging, workers, _read_package_checked, self.linker.link)
+        except BaseException:
+            self.linker.close()
+            raise
+        self.writers.on_linked = _remove_archive
+
+    def __enter__(self) -> StreamedDirect:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        self.writers.__exit__(kind, None, None)
+        self.linker.close()
+
+    def add(self, record: rattler.RepoDataRecord, archive: Path) -> None:
+        """Start writing one verified archive; returns once few enough are left unwritten."""
+        self.writers.submit(record, archive)
+        self.writers.pump(self.writers.capacity)
+
+    def finish(self, records: Sequence[rattler.RepoDataRecord]) -> DirectResult:
+        writers = self.writers
+        writers.wait()
+        if _conflicting(writers.packages):
+            raise PackError(
+                "two packages of this pack own the same path, which only an unpack from a file "
+                "can sort out (rattler's clobber rules need every archive)",
+                "save the pack to a file, then run `pixi-deploy unpack FILE DIR`",
+            )
+        check_symlinks(writers.symlinks, str(self.final), writers.symlink_owners)
+        _make_symlinks(self.staging, writers.symlinks)
+        left = _in_order(writers.unreadable + self.linker.given_back, records)
+        return DirectResult(left, [], writers.symlinks)
+
+
+def _remove_archive(package: DirectPackage) -> None:
+    if isinstance(package.archive, Path):
+        package.archive.unlink(missing_ok=True)
 
 
 def _make_symlinks(staging: Path, symlinks: Mapping[str, str]) -> None:
