@@ -28,10 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,12 +63,18 @@ def synthetic_workspace(root: Path, n_packages: int, size: int) -> Path:
     return root / "workspace"
 
 
-def commands(ws: Path, work: Path, src: Path) -> list[tuple[str, list[str | Path], dict[str, Any]]]:
+def commands(
+    ws: Path, work: Path, src: Path, ssh_base: str | None
+) -> list[tuple[str, list[str | Path], dict[str, Any]]]:
     """(name, argv, options) of every measured run, in order (later ones use earlier outputs)."""
     cli: list[str | Path] = [sys.executable, "-c", CODE]
     m = ["--manifest-path", ws]
     out = work / "out"
     pipe = f"cat {work / 'env.tar.zst'} | {sys.executable} -c '{CODE}' unpack - {out / 'stdin'}"
+    ssh: list[tuple[str, list[str | Path], dict[str, Any]]] = []
+    if ssh_base is not None:
+        argv: list[str | Path] = [*cli, "deploy", *m, "--target", "ssh", "--base", ssh_base]
+        ssh = [("deploy --target ssh", [*argv, "--metadata-out", out / "ssh.json"], {})]
     return [
         (
             "tar -xf (plain pack)",
@@ -102,12 +110,15 @@ def commands(ws: Path, work: Path, src: Path) -> list[tuple[str, list[str | Path
             ],
             {},
         ),
+        *ssh,
         ("pack --self-extracting", [*cli, "pack", *m, "--self-extracting", "-o", out / "i.sh"], {}),
         ("sh installer (self-extracting)", ["sh", out / "i.sh", "--target", out / "sx"], {}),
     ]
 
 
-def run_set(label: str, ws: Path, work: Path, src: Path) -> list[dict[str, Any]]:
+def run_set(
+    label: str, ws: Path, work: Path, src: Path, ssh_base: str | None
+) -> list[dict[str, Any]]:
     env = {**os.environ, "PYTHONPATH": str(src), "PIXI_DEPLOY_CACHE_DIR": str(work / "cache")}
     cli = [sys.executable, "-c", CODE]
     for args in (["-o", work / "env.tar"], ["--compress", "-o", work / "env.tar.zst"]):
@@ -119,7 +130,7 @@ def run_set(label: str, ws: Path, work: Path, src: Path) -> list[dict[str, Any]]
         )
     rows: list[dict[str, Any]] = []
     baseline: Peak | None = None
-    for name, argv, options in commands(ws, work, src):
+    for name, argv, options in commands(ws, work, src, ssh_base):
         (work / "out").mkdir(exist_ok=True)
         if "mk" in options:
             (work / "out" / options["mk"]).mkdir()
@@ -143,6 +154,35 @@ def run_set(label: str, ws: Path, work: Path, src: Path) -> list[dict[str, Any]]
     return rows
 
 
+def _ssh_base() -> str:
+    return f"{os.environ['SLURM_DEPLOYMENT_BASE_PATH']}/bench-memory-{uuid.uuid4().hex[:8]}"
+
+
+def _remove_remote(base: str) -> None:
+    """The benchmark's own store on the cluster, and nothing else."""
+    e = os.environ
+    subprocess.run(
+        [
+            *(
+                "ssh",
+                "-p",
+                e.get("SLURM_EDGE_NODE_PORT", "22"),
+                "-i",
+                e["SLURM_EDGE_NODE_KEY_PATH"],
+            ),
+            *(
+                "-o",
+                f"UserKnownHostsFile={e['SLURM_EDGE_NODE_KNOWN_HOSTS']}",
+                "-o",
+                "BatchMode=yes",
+            ),
+            f"{e['SLURM_EDGE_NODE_USER']}@{e['SLURM_EDGE_NODE_HOST']}",
+            f"rm -rf {shlex.quote(base)}",
+        ],
+        check=False,
+    )
+
+
 def print_rows(rows: Sequence[dict[str, Any]]) -> None:
     print(
         f"{'set':<22} {'command':<32} {'max RSS MB':>10} {'tree PSS MB':>11} "
@@ -164,6 +204,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src")
     parser.add_argument("--tmpdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--ssh",
+        action="store_true",
+        help="also deploy --target ssh, to the cluster the SLURM_EDGE_NODE_* variables name, "
+        "under $SLURM_DEPLOYMENT_BASE_PATH/bench-memory-<random> (removed afterwards)",
+    )
     return parser.parse_args(argv)
 
 
@@ -182,7 +228,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 ws = large_workspace(root, int(gigabytes * 1e9))
                 name = f"1 package, {gigabytes:g} GB"
-            rows += run_set(name, ws, root, args.src.resolve())
+            ssh_base = _ssh_base() if args.ssh else None
+            try:
+                rows += run_set(name, ws, root, args.src.resolve(), ssh_base)
+            finally:
+                if ssh_base is not None:
+                    _remove_remote(ssh_base)
             if not args.json:
                 print_rows([r for r in rows if r["set"] == name])
                 print(flush=True)

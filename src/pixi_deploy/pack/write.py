@@ -92,7 +92,7 @@ def write_pack(
             )
             with reporter.task("pack", metadata.payload_bytes) as advance:
                 if compression == "zstd":
-                    compressor = zstandard.ZstdCompressor(level=zstd_level, threads=-1)
+                    compressor = zstandard.ZstdCompressor(level=zstd_level, threads=_threads())
                     with compressor.stream_writer(raw, closefd=False) as zout:
                         digest = _write_members(
                             zout, metadata, lock_bytes, artifacts, cached, False, advance, cache
@@ -206,6 +206,20 @@ def _write_members(
 def _sha256_file(path: Path) -> str:
     with path.open("rb") as source:
         return hashlib.file_digest(source, "sha256").hexdigest()
+
+
+#: zstd's worker threads: each holds its own buffers (about 8-10 MB at level 3, more above), so
+#: "one per core" would make a 64-core login node's pack take 600 MB (issue 18: memory must not
+#: grow with the machine either); past 4 the pack is bound by reading the archives anyway.
+MAX_ZSTD_THREADS = 4
+
+
+def _threads() -> int:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    return max(1, min(MAX_ZSTD_THREADS, usable))
 
 
 def _mb(n: int) -> str:
