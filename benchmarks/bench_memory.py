@@ -150,6 +150,11 @@ def run_set(
                 "ok": peak.returncode == 0 and max(peak.max_rss, peak.tree_pss) <= GOAL,
             }
         )
+        for left in (work / "out").iterdir():  # untimed; only the installer is used later
+            if left.is_dir():
+                shutil.rmtree(left)
+            elif left.name != "i.sh":
+                left.unlink()
     shutil.rmtree(work / "out", ignore_errors=True)
     return rows
 
