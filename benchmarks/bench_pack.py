@@ -47,6 +47,7 @@ from typing import Any
 import rattler
 
 from pixi_deploy.pack import DownloadCache, unpack, write_pack
+from pixi_deploy.pack.streamed import unpack_stream
 from pixi_deploy.testing.channel import build_channel, lock_workspace, synthetic_specs
 from pixi_deploy.workspace import ResolvedEnvironment, load_workspace
 
@@ -290,6 +291,12 @@ def _install_like_pixi(resolved: ResolvedEnvironment, prefix: Path, cache_dir: P
     )
 
 
+def _unpack_stream(pack: Path, target: Path) -> None:
+    """What `unpack -` does with the pack on standard input: read once, front to back."""
+    with pack.open("rb") as source:
+        unpack_stream(source, "standard input", target)
+
+
 def measurements(setup: Setup) -> list[Measurement]:
     out = setup.root / "out"
     out.mkdir(exist_ok=True)
@@ -407,6 +414,14 @@ def measurements(setup: Setup) -> list[Measurement]:
             "pixi-deploy unpack (zstd pack)",
             lambda: unpack(setup.pack_zstd, out / "unpacked-zstd"),
             out / "unpacked-zstd",
+            baseline="tar_x_prefix",
+            inputs=(setup.pack_zstd,),
+        ),
+        Measurement(
+            "unpack_stream",
+            "pixi-deploy unpack - (zstd pack as a stream)",
+            lambda: _unpack_stream(setup.pack_zstd, out / "unpacked-stream"),
+            out / "unpacked-stream",
             baseline="tar_x_prefix",
             inputs=(setup.pack_zstd,),
         ),

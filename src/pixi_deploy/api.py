@@ -33,6 +33,8 @@ from pixi_deploy.pack import pack_digest as digest_of_pack
 from pixi_deploy.pack import unpack as unpack_pack
 from pixi_deploy.pack.format import normalize_digest
 from pixi_deploy.pack.inject import prepare_environment
+from pixi_deploy.pack.sources import is_stream, local_path, open_stream
+from pixi_deploy.pack.streamed import unpack_stream
 from pixi_deploy.pack.verify import check_digest
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.store import DeploymentMetadata, LocalStore, Store, run_in_environment
@@ -227,19 +229,37 @@ def unpack(
     reporter: Reporter | None = None,
 ) -> UnpackResult:
     """Install a pack into ``directory`` (new or empty), offline, with its ``activate.sh``.
-    Refused first: a pack whose digest is not ``expect_digest``, then a machine that cannot
-    run the environment (glibc, CUDA driver)."""
-    pack = Path(pack_file)
+    ``pack_file``: a file, ``file://`` URL, ``-`` (standard input) or ``https://`` /
+    ``http://`` URL; the last two are read as a stream, once, and need disk space for the
+    environment only. Refused first: a pack whose digest is not ``expect_digest``, then a
+    machine that cannot run the environment (glibc, CUDA driver)."""
+    if expect_digest is not None:
+        expect_digest = normalize_digest(expect_digest)
+    if isinstance(pack_file, str) and is_stream(pack_file):
+        with open_stream(pack_file) as (source, label):
+            return unpack_stream(
+                source,
+                label,
+                Path(directory),
+                reporter=reporter,
+                expect_digest=expect_digest,
+                check=_check_here,
+            )
+    pack = local_path(pack_file) if isinstance(pack_file, str) else Path(pack_file)
     if pack.is_file():  # else unpack says that it does not exist
         if expect_digest is not None:
-            check_digest(pack_digest(pack), normalize_digest(expect_digest), pack)
-        metadata = read_metadata(pack)
-        check_target(
-            metadata.virtual_packages,
-            TargetFacts.here(),
-            f"environment '{metadata.environment}' ({metadata.platform})",
-        )
+            check_digest(pack_digest(pack), expect_digest, pack)
+        _check_here(read_metadata(pack))
     return unpack_pack(pack, Path(directory), reporter=reporter, expect_digest=expect_digest)
+
+
+def _check_here(metadata: PackMetadata) -> None:
+    """This machine can run the pack's environment (glibc, CUDA driver)."""
+    check_target(
+        metadata.virtual_packages,
+        TargetFacts.here(),
+        f"environment '{metadata.environment}' ({metadata.platform})",
+    )
 
 
 def pack_info(pack_file: PathLike) -> PackMetadata:

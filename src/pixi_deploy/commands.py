@@ -148,7 +148,13 @@ def pack(
 
 
 def unpack_command(
-    pack_file: Annotated[Path, typer.Argument(help="A pack written by `pixi-deploy pack`")],
+    pack_file: Annotated[
+        str,
+        typer.Argument(
+            help="A pack written by `pixi-deploy pack`: a file, - (standard input), or an "
+            "https://, http:// or file:// URL (streams are read once: no room for the pack needed)"
+        ),
+    ],
     directory: Annotated[
         Path, typer.Argument(help="Where to install (must not exist, or be empty)")
     ],

@@ -8,7 +8,7 @@ delete the cache again, which made unpack 2.2x ``tar -x`` of the same tree.
 
 So for the common case, a ``.conda`` package that is not ``noarch: python``, this module writes
 the payload tar straight into the prefix (`pack.writers` and `pack.untar`: the archive is read
-where it lies, mapped into memory), patches the files that carry a prefix placeholder, and
+where it lies, in chunks), patches the files that carry a prefix placeholder, and
 writes ``conda-meta/<pkg>.json`` as rattler would. Everything else (``.tar.bz2``, ``noarch:
 python`` with its site-packages remapping and entry points, packages whose paths overlap
 another's, shebangs that would outgrow the kernel's limit) is handed back to the caller for
@@ -32,8 +32,15 @@ from typing import IO, BinaryIO
 import rattler
 import zstandard
 
+from pixi_deploy.errors import PackError
 from pixi_deploy.pack import verdicts
-from pixi_deploy.pack.archives import Archive, ArchiveSlice, archive_size, mapped, open_archive
+from pixi_deploy.pack.archives import (
+    Archive,
+    ArchiveSlice,
+    archive_size,
+    open_archive,
+    open_range,
+)
 from pixi_deploy.pack.confined import ConfinedFolder, UnsafeMember, is_beneath
 from pixi_deploy.pack.guard import MAX_INFO_FILE, check_symlinks, checked_paths, refuse
 from pixi_deploy.pack.linking import DirectPackage, Linker
@@ -152,6 +159,56 @@ def _install_written(
     )
 
 
+class StreamedDirect:
+    """`install_direct` for archives that arrive one after another (a pack read from a stream):
+    each is written as soon as it is there and its file removed once it is linked, so only a
+    few archives are ever on disk beside the environment. Those the direct path hands back
+    (for rattler) are kept. Two packages owning one path cannot be left to rattler here (their
+    archives are gone): that is refused, with a hint to unpack from a file."""
+
+    def __init__(self, staging: Path, final: Path, workers: int | None = None) -> None:
+        staging.mkdir(parents=True, exist_ok=True)
+        self.staging, self.final = staging, final
+        self.linker = Linker(staging, final)
+        try:
+            self.writers = PackageWriters(staging, workers, _read_package_checked, self.linker.link)
+        except BaseException:
+            self.linker.close()
+            raise
+        self.writers.on_linked = _remove_archive
+
+    def __enter__(self) -> StreamedDirect:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        self.writers.__exit__(kind, None, None)
+        self.linker.close()
+
+    def add(self, record: rattler.RepoDataRecord, archive: Path) -> None:
+        """Start writing one verified archive; returns once few enough are left unwritten."""
+        self.writers.submit(record, archive)
+        self.writers.pump(self.writers.capacity)
+
+    def finish(self, records: Sequence[rattler.RepoDataRecord]) -> DirectResult:
+        writers = self.writers
+        writers.wait()
+        if _conflicting(writers.packages):
+            raise PackError(
+                "two packages of this pack own the same path, which only an unpack from a file "
+                "can sort out (rattler's clobber rules need every archive)",
+                "save the pack to a file, then run `pixi-deploy unpack FILE DIR`",
+            )
+        check_symlinks(writers.symlinks, str(self.final), writers.symlink_owners)
+        _make_symlinks(self.staging, writers.symlinks)
+        left = _in_order(writers.unreadable + self.linker.given_back, records)
+        return DirectResult(left, [], writers.symlinks)
+
+
+def _remove_archive(package: DirectPackage) -> None:
+    if isinstance(package.archive, Path):
+        package.archive.unlink(missing_ok=True)
+
+
 def _make_symlinks(staging: Path, symlinks: Mapping[str, str]) -> None:
     """Made last, once every file is written and every target checked: nothing is ever written
     through one, and one beneath another is refused (`pack.confined`)."""
@@ -247,11 +304,11 @@ def _extract_prefix_specific(
                 above = folder if folder in every_symlink else is_beneath(folder, every_symlink)
                 if above is not None:
                     raise UnsafeMember(f"{folder} lies beneath the symlink {above}")
-        with mapped(package.archive) as data:
-            if isinstance(package.archive, ArchiveSlice):
-                package.archive.check(data)
+        if isinstance(package.archive, ArchiveSlice):
+            package.archive.verify()
+        with open_range(package.archive, offset, size) as payload:
             symlinks = extract_payload(
-                data[offset : offset + size],
+                payload,
                 str(staging),
                 declared_symlinks=package.symlinks,
                 all_symlinks=every_symlink,

@@ -32,7 +32,7 @@ from pixi_deploy.channels import redact
 from pixi_deploy.errors import PackError, PixiDeployError, StoreError, store_error_from_os
 from pixi_deploy.pack.archives import Archive, ArchiveSlice
 from pixi_deploy.pack.confined import ConfinedFolder, UnsafeMember
-from pixi_deploy.pack.direct import DeferredPayload, install_direct
+from pixi_deploy.pack.direct import DeferredPayload, DirectResult, install_direct
 from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
 from pixi_deploy.pack.guard import check_for_rattler, check_symlinks, harden_modes
 from pixi_deploy.progress import Reporter
@@ -118,6 +118,7 @@ def lay_out_prefix(
     defer_payloads: bool = False,
     on_deferred: Callable[[DeferredPayload], object] | None = None,
     activation: ManifestActivation | None = None,
+    installed: DirectResult | None = None,
 ) -> list[DeferredPayload]:
     """Install into ``staging`` an environment meant to live at ``final``.
 
@@ -129,7 +130,8 @@ def lay_out_prefix(
     ``defer_payloads`` leaves out the bulk of what it can and says where it is (the remote
     store ships those payloads as they are, and the cluster extracts them); ``on_deferred`` is
     told of each such payload as soon as it is known. ``activation`` is the manifest's part of
-    ``activate.sh`` (`pixi_deploy.activation`).
+    ``activate.sh`` (`pixi_deploy.activation`). ``installed``: what the direct installer
+    already wrote into ``staging`` (`pack.direct.StreamedDirect`); only the rest is installed.
     """
     check_environment_path(final)
     missing = [r.file_name for r in records if r.file_name not in archives]
@@ -138,7 +140,9 @@ def lay_out_prefix(
     original_urls = [r.url for r in records]
     staging.mkdir(parents=True, exist_ok=True)
     try:
-        if (direct or defer_payloads) and records:
+        if installed is not None:
+            left, deferred, symlinks = installed.left, installed.deferred, installed.symlinks
+        elif (direct or defer_payloads) and records:
             done = install_direct(
                 records,
                 archives,

@@ -36,6 +36,7 @@ from pixi_deploy import __version__
 from pixi_deploy.errors import PackError, store_error_from_os
 from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import lay_out_environment
+from pixi_deploy.pack.placeholders import find_placeholder
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.workspace import ResolvedEnvironment, file_name_part
 
@@ -143,21 +144,16 @@ def write_relocation_list(prefix: Path) -> tuple[int, int]:
         if (stat.st_dev, stat.st_ino) in seen:
             continue  # a hard link: relocating the first name relocates them all
         seen.add((stat.st_dev, stat.st_ino))
-        data = path.read_bytes()
-        if needle not in data:
+        found = find_placeholder(path, needle)  # in chunks: a 2 GB library is not read whole
+        if found is None:
             continue
-        if b"\0" not in data:
+        if not found.binary:
             lines.append(f"T {rel}")
             texts += 1
             continue
-        position = data.find(needle)
-        while position != -1:
-            end = data.find(b"\0", position)
-            end = len(data) if end == -1 else end
-            count = data.count(needle, position, end)
-            lines.append(f"B {position} {end - position} {count} {rel}")
+        for position, length, count in found.strings:
+            lines.append(f"B {position} {length} {count} {rel}")
             strings += 1
-            position = data.find(needle, end)
     (prefix / RELOCATE_NAME).write_text("".join(line + "\n" for line in lines))
     return texts, strings
 

@@ -21,6 +21,7 @@ import rattler
 from pixi_deploy.activation import ManifestActivation
 from pixi_deploy.errors import PackError, StoreError, store_error_from_os
 from pixi_deploy.pack.archives import Archive
+from pixi_deploy.pack.direct import DirectResult
 from pixi_deploy.pack.format import PackMetadata, normalize_digest
 from pixi_deploy.pack.layout import check_environment_path, lay_out_prefix
 from pixi_deploy.pack.verify import (
@@ -34,7 +35,9 @@ from pixi_deploy.scratch import scratch_folder
 
 __all__ = [
     "UnpackResult",
+    "check_target_folder",
     "extract_verified",
+    "lay_out",
     "pack_digest",
     "publish",
     "read_metadata",
@@ -77,7 +80,7 @@ def unpack(
     digest = read_pack_header(pack)[1]
     if expect_digest is not None:
         check_digest(digest, normalize_digest(expect_digest), pack)
-    made = _check_target(target)
+    made = check_target_folder(target)
     try:
         with work_folder(target) as work:
             metadata, lock_path, files = extract_verified(  # the same pack, all the way through
@@ -89,7 +92,7 @@ def unpack(
                 f"{sum(1 for f in metadata.files if f.kind == 'pypi')} wheels for {target}"
             )
             staging = work / "prefix"
-            _lay_out(metadata, records, files, staging, target, work / "cache")
+            lay_out(metadata, records, files, staging, target, work / "cache")
             publish(staging, target)
     except BaseException:
         for folder in made:  # the parents this unpack made: nothing of it stays behind
@@ -107,14 +110,17 @@ def _existing(pack: Path) -> Path:
     return pack
 
 
-def _lay_out(
+def lay_out(
     metadata: PackMetadata,
     records: list[rattler.RepoDataRecord],
     files: dict[str, Archive],
     staging: Path,
     target: Path,
     cache_dir: Path,
+    installed: DirectResult | None = None,
 ) -> None:
+    """The environment from the verified archives ``files`` (member name -> local archive);
+    ``installed``: what `pack.direct.StreamedDirect` wrote into ``staging`` already."""
     archives = {
         Path(path).name: local for path, local in files.items() if path.startswith("conda/")
     }
@@ -132,12 +138,13 @@ def _lay_out(
             environment=metadata.environment,
             direct=True,
             activation=ManifestActivation.from_pack_extra(metadata.extra),
+            installed=installed,
         )
     except OSError as error:
         raise store_error_from_os(error, target) from error
 
 
-def _check_target(target: Path) -> list[Path]:
+def check_target_folder(target: Path) -> list[Path]:
     """Refuse a target that cannot be used; make its parent folders. Returns the folders it
     made, deepest first (removed again if the unpack fails)."""
     check_environment_path(target)

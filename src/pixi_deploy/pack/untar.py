@@ -68,7 +68,8 @@ def extract_payload(
     stop_early: bool = False,
     folders_out: set[str] | None = None,
 ) -> dict[str, str]:
-    """Write the zstd-compressed tar ``payload`` (mapped, or a stream that is read once) into
+    """Write the zstd-compressed tar ``payload`` (in memory, or a stream: read once, and a second time
+    from its start for a hard link to an unwanted file, when it is seekable) into
     the existing folder ``dest``; returns its symlinks (name -> target), recorded, not made.
 
     ``declared_symlinks``: the package's own symlinks (paths.json); any other symlink member is
@@ -89,7 +90,11 @@ def extract_payload(
             folders_out.update(extraction.safe_parents - {""})
         if extraction.pending_links and wanted is not None:  # a wanted link to an unwanted file
             if not isinstance(payload, memoryview):
-                raise UnusualMember("a hard link to a file that comes later in a streamed payload")
+                if not payload.seekable():
+                    raise UnusualMember(
+                        "a hard link to a file that comes later in a streamed payload"
+                    )
+                payload.seek(0)
             reader = TarStream(zstd_reader(payload), buffer)
             targets = set(wanted) | set(extraction.pending_links.values())
             _Extraction(

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import rattler
 import zstandard
@@ -48,7 +48,12 @@ from pixi_deploy.progress import Reporter
 from pixi_deploy.tarwriter import archive_length, member_length
 
 CHUNK = 1 << 20
-_REDO = "re-create or re-download the pack"
+REDO = "re-create or re-download the pack"
+
+
+def label_of(pack: Path | str) -> str:
+    """How messages name a pack: a file by its name, a stream as it was given."""
+    return pack.name if isinstance(pack, Path) else pack
 
 
 def read_pack_header(pack: Path) -> tuple[PackMetadata, str]:
@@ -58,10 +63,10 @@ def read_pack_header(pack: Path) -> tuple[PackMetadata, str]:
             metadata, digest, _ = first_metadata(tar, pack)
             return metadata, digest
     except (tarfile.ReadError, EOFError, zstandard.ZstdError) as error:
-        raise _broken(pack, error, None, None) from error
+        raise broken(pack, error, None, None) from error
 
 
-def check_digest(digest: str, expected: str | None, pack: Path) -> None:
+def check_digest(digest: str, expected: str | None, pack: Path | str) -> None:
     if expected is not None and digest != normalize_digest(expected):
         raise PackError(
             f"{pack} has the digest {digest}, not the expected {normalize_digest(expected)}",
@@ -86,16 +91,16 @@ def extract_verified(
     files: dict[str, Archive] = {}
     checks: list[tuple[str, Future[str]]] = []
     hasher = ThreadPoolExecutor(2)  # hash archive n while archive n+1 is copied
-    counted: _Counted | None = None
+    counted: Counted | None = None
     metadata: PackMetadata | None = None
     try:
         with open_pack(pack) as (tar, seekable, counted), ConfinedFolder(into) as tree:
             metadata, digest, metadata_size = first_metadata(tar, pack)
             check_digest(digest, expect_digest, pack)
-            lock_path = _lock_member(tar, metadata, tree, into, pack)
+            lock_path = read_lock(tar, metadata, tree, into, pack)
             with reporter.task("verify", metadata.payload_bytes) as advance:
                 for entry in metadata.files:
-                    member = _next_member(tar, entry.path, entry.size, pack)
+                    member = next_member(tar, entry.path, entry.size, pack)
                     if in_place and seekable and entry.kind == "conda":  # checked when used
                         files[member.name] = _slice_of(pack, member, entry)
                     else:
@@ -105,14 +110,16 @@ def extract_verified(
                     advance(entry.size)
             extra = tar.next()
             if extra is not None:
-                raise PackError(f"unexpected member '{extra.name[:80]}' in {pack}", _REDO)
+                raise PackError(f"unexpected member '{extra.name[:80]}' in {pack}", REDO)
             sizes = (metadata_size, lock_path.stat().st_size)
-            _check_end(tar, counted, seekable, metadata, sizes, pack)
+            check_end(tar, counted, seekable, metadata, sizes, pack)
             for name, check in checks:
                 if check.result() != _entry(metadata, name).sha256:
-                    raise PackError(f"{name} in {pack.name} is corrupt (sha256 mismatch)", _REDO)
+                    raise PackError(
+                        f"{name} in {label_of(pack)} is corrupt (sha256 mismatch)", REDO
+                    )
     except (tarfile.ReadError, EOFError, zstandard.ZstdError) as error:
-        raise _broken(pack, error, counted, metadata) from error
+        raise broken(pack, error, counted, metadata) from error
     except OSError as error:
         raise store_error_from_os(error, into) from error
     finally:
@@ -128,14 +135,14 @@ def records_from_lock(lock_path: Path, metadata: PackMetadata) -> list[rattler.R
         lock = rattler.LockFile.from_path(lock_path)
         env = lock.environment(metadata.environment)
         if env is None:
-            raise PackError("the pack's lock lacks its own environment", _REDO)
+            raise PackError("the pack's lock lacks its own environment", REDO)
         platform = next((p for p in env.platforms() if str(p) == metadata.platform), None)
         records = list(env.conda_repodata_records_for_platform(platform) or []) if platform else []
     except PackError:
         raise
     except Exception as error:  # rattler's own parse errors (ParseCondaLockError, ...)
         first = " ".join(str(error).split())[:200]
-        raise PackError(f"the pack's embedded lock cannot be read ({first})", _REDO) from None
+        raise PackError(f"the pack's embedded lock cannot be read ({first})", REDO) from None
     locked = {r.file_name: (r.sha256.hex() if r.sha256 else None) for r in records}
     listed = {Path(f.path).name: f.sha256 for f in metadata.files if f.kind == "conda"}
     if locked != listed:
@@ -143,12 +150,12 @@ def records_from_lock(lock_path: Path, metadata: PackMetadata) -> list[rattler.R
         raise PackError(
             f"the pack's lock and metadata disagree about {odd} ({metadata.platform}): the pack "
             "was altered",
-            _REDO,
+            REDO,
         )
     return records
 
 
-def first_metadata(tar: tarfile.TarFile, pack: Path) -> tuple[PackMetadata, str, int]:
+def first_metadata(tar: tarfile.TarFile, pack: Path | str) -> tuple[PackMetadata, str, int]:
     """The metadata, the pack's digest, and the metadata member's size."""
     member = tar.next()
     if member is None or member.name != METADATA_NAME or not member.isfile():
@@ -156,7 +163,7 @@ def first_metadata(tar: tarfile.TarFile, pack: Path) -> tuple[PackMetadata, str,
             f"{pack} is not a pixi-deploy pack", "pass a file written by `pixi-deploy pack`"
         )
     if member.size > MAX_METADATA_BYTES:
-        raise PackError(f"the metadata of {pack} is larger than {MAX_METADATA_BYTES} bytes", _REDO)
+        raise PackError(f"the metadata of {pack} is larger than {MAX_METADATA_BYTES} bytes", REDO)
     source = tar.extractfile(member)
     assert source is not None
     data = source.read(member.size)
@@ -165,32 +172,30 @@ def first_metadata(tar: tarfile.TarFile, pack: Path) -> tuple[PackMetadata, str,
     return PackMetadata.from_json(data), digest_of(data), len(data)
 
 
-def _lock_member(
-    tar: tarfile.TarFile, metadata: PackMetadata, tree: ConfinedFolder, into: Path, pack: Path
+def read_lock(
+    tar: tarfile.TarFile, metadata: PackMetadata, tree: ConfinedFolder, into: Path, pack: Path | str
 ) -> Path:
     member = tar.next()
     if member is None or member.name != LOCK_MEMBER or not member.isfile():
-        raise PackError(f"{pack} has no {LOCK_MEMBER} after its metadata", _REDO)
+        raise PackError(f"{pack} has no {LOCK_MEMBER} after its metadata", REDO)
     if member.size > MAX_LOCK_BYTES:
-        raise PackError(f"the lock in {pack} is larger than {MAX_LOCK_BYTES} bytes", _REDO)
+        raise PackError(f"the lock in {pack} is larger than {MAX_LOCK_BYTES} bytes", REDO)
     fd = tree.create_file("pixi.lock", 0o644)
     with os.fdopen(fd, "wb") as out:
-        digest = _copy_member(tar, member, out)
+        digest = copy_member(tar, member, out)
     if digest != metadata.lock_sha256:
-        raise PackError(f"the lock in {pack.name} does not match its metadata: altered", _REDO)
+        raise PackError(f"the lock in {label_of(pack)} does not match its metadata: altered", REDO)
     return into / "pixi.lock"
 
 
-def _next_member(tar: tarfile.TarFile, name: str, size: int, pack: Path) -> tarfile.TarInfo:
+def next_member(tar: tarfile.TarFile, name: str, size: int, pack: Path | str) -> tarfile.TarInfo:
     member = tar.next()
     if member is None:
         raise EOFError(f"{name} is missing")
     if member.name != name or not member.isfile():
-        raise PackError(
-            f"unexpected member '{member.name[:80]}' in {pack} (expected {name})", _REDO
-        )
+        raise PackError(f"unexpected member '{member.name[:80]}' in {pack} (expected {name})", REDO)
     if member.size != size:
-        raise PackError(f"{name} has {member.size} bytes, metadata says {size}", _REDO)
+        raise PackError(f"{name} has {member.size} bytes, metadata says {size}", REDO)
     return member
 
 
@@ -209,13 +214,13 @@ def expected_length(metadata: PackMetadata, sizes: tuple[int, int]) -> int:
     return archive_length(members)
 
 
-def _check_end(
+def check_end(
     tar: tarfile.TarFile,
-    counted: _Counted | None,
+    counted: Counted | None,
     seekable: bool,
     metadata: PackMetadata,
     sizes: tuple[int, int],
-    pack: Path,
+    pack: Path | str,
 ) -> None:
     """After the last member, only the tar's zero padding, to exactly the length the writer
     writes: junk appended to a pack (or to its zstd stream) is refused."""
@@ -234,23 +239,23 @@ def _check_end(
         raise PackError(
             f"{pack} has {abs(end - want)} bytes {'more' if end > want else 'fewer'} than its "
             "metadata describes, or data after its last member: it was altered or damaged",
-            _REDO,
+            REDO,
         )
 
 
-def _broken(
-    pack: Path, error: Exception, counted: _Counted | None, metadata: PackMetadata | None
+def broken(
+    pack: Path | str, error: Exception, counted: Counted | None, metadata: PackMetadata | None
 ) -> PackError:
     """Say "truncated" when the stream ended early (zstd gives no error of its own then)."""
     if counted is not None and metadata is not None:
         want = expected_length(metadata, (0, 0))
         if counted.count < want:
-            return PackError(f"{pack} is truncated (it ends early)", _REDO)
+            return PackError(f"{pack} is truncated (it ends early)", REDO)
     if counted is not None and metadata is None and not isinstance(error, zstandard.ZstdError):
-        return PackError(f"{pack} is truncated or not a pack (its zstd stream ends early)", _REDO)
+        return PackError(f"{pack} is truncated or not a pack (its zstd stream ends early)", REDO)
     if isinstance(error, EOFError) and "missing" in str(error):
-        return PackError(f"{pack} is truncated: {error}", _REDO)
-    return PackError(f"{pack} is truncated or corrupt ({error})", _REDO)
+        return PackError(f"{pack} is truncated: {error}", REDO)
+    return PackError(f"{pack} is truncated or corrupt ({error})", REDO)
 
 
 def _copy_member_async(
@@ -274,7 +279,7 @@ def _copy_member_async(
             _copy_range(source.fileno(), out.fileno(), member.offset_data, size, member.name)
             return hasher.submit(_sha256_of, Path(tree.root) / member.name)
         done: Future[str] = Future()
-        done.set_result(_copy_member(tar, member, out))
+        done.set_result(copy_member(tar, member, out))
         return done
 
 
@@ -312,7 +317,7 @@ def _sha256_of(path: Path) -> str:
         return hashlib.file_digest(source, "sha256").hexdigest()
 
 
-def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, out: BinaryIO) -> str:
+def copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, out: BinaryIO) -> str:
     source = tar.extractfile(member)
     assert source is not None
     digest = hashlib.sha256()
@@ -327,7 +332,7 @@ def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, out: BinaryIO) -
     return digest.hexdigest()
 
 
-class _Counted(io.RawIOBase):
+class Counted(io.RawIOBase):
     """Counts the decompressed bytes tarfile reads, so the end of a compressed pack can be
     checked against the length its metadata implies."""
 
@@ -355,31 +360,80 @@ class _Counted(io.RawIOBase):
 
 
 @contextmanager
-def open_pack(pack: Path) -> Iterator[tuple[tarfile.TarFile, bool, _Counted | None]]:
+def open_pack(pack: Path) -> Iterator[tuple[tarfile.TarFile, bool, Counted | None]]:
     """The pack as a tar; whether it is uncompressed (random access, kernel copies); and, for
     a compressed one, the counter of its decompressed bytes."""
     with pack.open("rb") as raw:
         magic = raw.read(4)
         raw.seek(0)
-        counted = None
-        try:
-            if magic != ZSTD_MAGIC:  # uncompressed: random access, members copied by the kernel
-                tar = tarfile.open(fileobj=raw, mode="r:")  # noqa: SIM115 (closed below)
-            else:
-                reader = zstandard.ZstdDecompressor().stream_reader(
-                    raw, read_size=CHUNK, read_across_frames=True
-                )
-                counted = _Counted(reader)
-                tar = tarfile.open(fileobj=counted, mode="r|", bufsize=CHUNK)  # noqa: SIM115
-        except (tarfile.ReadError, zstandard.ZstdError) as error:
-            if magic == ZSTD_MAGIC:
-                raise PackError(
-                    f"{pack} is truncated or corrupt: its zstd stream holds no complete tar",
-                    _REDO,
-                ) from error
-            raise PackError(
-                f"{pack} is not a pixi-deploy pack or is corrupt ({error})",
-                "pass a file written by `pixi-deploy pack`",
-            ) from error
+        if magic == ZSTD_MAGIC:
+            with open_pack_stream(raw, pack) as (tar, counted):
+                yield tar, False, counted
+            return
+        try:  # uncompressed: random access, members copied by the kernel
+            tar = tarfile.open(fileobj=raw, mode="r:")  # noqa: SIM115 (closed below)
+        except tarfile.ReadError as error:
+            raise _not_a_pack(pack, error) from error
         with tar:
-            yield tar, counted is None, counted
+            yield tar, True, None
+
+
+@contextmanager
+def open_pack_stream(raw: BinaryIO, pack: Path | str) -> Iterator[tuple[tarfile.TarFile, Counted]]:
+    """A pack read once from start to end (standard input, a download), plain or zstd: the
+    tar, and the counter of its (decompressed) tar bytes, for `check_end`."""
+    head = _read_exactly(raw, 4)
+    prefixed = _Prefixed(head, raw)
+    compressed = head == ZSTD_MAGIC
+    try:
+        if compressed:
+            source: Any = zstandard.ZstdDecompressor().stream_reader(
+                cast(BinaryIO, prefixed), read_size=CHUNK, read_across_frames=True
+            )
+        else:
+            source = prefixed
+        counted = Counted(source)
+        tar = tarfile.open(fileobj=counted, mode="r|", bufsize=CHUNK)  # noqa: SIM115
+    except (tarfile.ReadError, zstandard.ZstdError, EOFError) as error:
+        if compressed:
+            raise PackError(
+                f"{pack} is truncated or corrupt: its zstd stream holds no complete tar",
+                REDO,
+            ) from error
+        raise _not_a_pack(pack, error) from error
+    with tar:
+        yield tar, counted
+
+
+def _not_a_pack(pack: Path | str, error: Exception) -> PackError:
+    return PackError(
+        f"{pack} is not a pixi-deploy pack or is corrupt ({error})",
+        "pass a file written by `pixi-deploy pack`",
+    )
+
+
+def _read_exactly(raw: BinaryIO, size: int) -> bytes:
+    data = b""
+    while len(data) < size and (chunk := raw.read(size - len(data))):
+        data += chunk
+    return data
+
+
+class _Prefixed(io.RawIOBase):
+    """``head`` (bytes already read to sniff the format), then the rest of ``raw``."""
+
+    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+        self.head, self.raw = head, raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        data = self.raw.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)

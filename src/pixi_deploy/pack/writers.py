@@ -49,7 +49,7 @@ import rattler
 import zstandard
 
 from pixi_deploy.errors import PackError
-from pixi_deploy.pack.archives import Archive, check_digest, mapped, open_archive
+from pixi_deploy.pack.archives import Archive, check_digest, open_archive, open_range
 from pixi_deploy.pack.confined import UnsafeMember
 from pixi_deploy.pack.untar import WINDOW, UnusualMember, extract_payload
 
@@ -100,6 +100,8 @@ class PackageWriters:
         self.unreadable: list[rattler.RepoDataRecord] = []  # for rattler
         self.symlinks: dict[str, str] = {}  # of every package linked: name -> target, not made
         self.symlink_owners: dict[str, str] = {}  # name -> the package's file name
+        #: Told of each package once it is written and linked (e.g. to delete its archive).
+        self.on_linked: Callable[[DirectPackage], object] | None = None
         self._todo: deque[tuple[rattler.RepoDataRecord, Archive]] = deque()
         self._workers: list[_Worker] = []
         try:
@@ -108,6 +110,7 @@ class PackageWriters:
         except BaseException:
             self._close(kill=True)
             raise
+        self._sent: dict[_Worker, deque[DirectPackage]] = {w: deque() for w in self._workers}
 
     def __enter__(self) -> PackageWriters:
         return self
@@ -126,22 +129,33 @@ class PackageWriters:
     def wait(self) -> None:
         """Every submitted package read, written and linked; the first error is raised here,
         once no worker writes any more (the caller may then remove what was written)."""
+        self.pump(0)
+        self._close(kill=False)
+
+    def pump(self, backlog: int) -> None:
+        """Write and link until at most ``backlog`` submitted packages are not done yet: what
+        lets a caller submit packages as they arrive (a pack read from a stream) and keep only
+        a few of their archives at a time."""
         try:
-            self._run()
+            self._run(backlog)
         except BaseException:
             self._close(kill=True)
             raise
-        self._close(kill=False)
 
-    def _run(self) -> None:
-        sent: dict[_Worker, deque[DirectPackage]] = {w: deque() for w in self._workers}
+    @property
+    def capacity(self) -> int:
+        """How many packages are written or waiting in the workers at once."""
+        return len(self._workers) * _AHEAD
+
+    def _run(self, backlog: int) -> None:
+        sent = self._sent
         while True:
             for _ in range(_AHEAD):  # round-robin, so the biggest packages go to different workers
                 for worker, queued in sent.items():
                     if len(queued) < _AHEAD and (package := self._next_package()) is not None:
                         worker.send(_job(package, self.staging))
                         queued.append(package)
-            if not any(sent.values()):
+            if len(self._todo) + sum(len(queued) for queued in sent.values()) <= backlog:
                 return
             for worker in _ready([w for w, queued in sent.items() if queued]):
                 self._finish(sent[worker].popleft(), worker.receive())
@@ -168,6 +182,8 @@ class PackageWriters:
         if self.link(package, value):
             self.symlinks.update(value)
             self.symlink_owners.update(dict.fromkeys(value, package.record.file_name))
+            if self.on_linked is not None:
+                self.on_linked(package)
 
     def _close(self, *, kill: bool) -> None:
         for worker in self._workers:
@@ -347,17 +363,17 @@ def _serve(connection: Connection, sha256: Any) -> None:
 def _perform(job: _Job, buffer: bytearray, sha256: Any) -> _Result:
     """Check the archive against its sha256, then write its payload (symlinks recorded)."""
     try:
-        with mapped(job.archive) as data:
-            check_digest(job.archive, data, sha256)
-            if job.payload_at is None:  # a zip-compressed payload: streamed through zipfile
-                with (
-                    open_archive(job.archive) as source,
-                    zipfile.ZipFile(source) as zf,
-                    zf.open(job.payload_member) as stream,
-                ):
-                    return ("written", _extract(job, stream, buffer))
-            offset, size = job.payload_at
-            return ("written", _extract(job, data[offset : offset + size], buffer))
+        check_digest(job.archive, buffer, sha256)  # in chunks: memory stays flat (issue 18)
+        if job.payload_at is None:  # a zip-compressed payload: streamed through zipfile
+            with (
+                open_archive(job.archive) as source,
+                zipfile.ZipFile(source) as zf,
+                zf.open(job.payload_member) as stream,
+            ):
+                return ("written", _extract(job, stream, buffer))
+        offset, size = job.payload_at
+        with open_range(job.archive, offset, size) as payload:
+            return ("written", _extract(job, payload, buffer))
     except zstandard.ZstdError as error:
         return (
             "failed",

@@ -48,6 +48,7 @@ __all__ = [
     "conda_forge_like_specs",
     "demo_specs",
     "fake_binary",
+    "index_channel",
     "lock_workspace",
     "make_demo_workspace",
     "synthetic_specs",
@@ -346,10 +347,17 @@ def build_channel(channel_dir: Path, specs: Sequence[PackageSpec], *, workers: i
     jobs = sorted(specs, key=lambda s: -_approx_size(s))  # biggest first: better packing
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         list(pool.map(lambda s: build_package(s, channel_dir / s.subdir), jobs))
-    subdirs = sorted({s.subdir for s in specs} | {"noarch"})
-    for subdir in subdirs:
+    return index_channel(channel_dir, {s.subdir for s in specs})
+
+
+def index_channel(channel_dir: Path, subdirs: Iterable[str]) -> Path:
+    """Write ``repodata.json`` for ``subdirs`` (and ``noarch``) of a channel whose packages are
+    in place (`build_channel`, or packages written some other way)."""
+    (channel_dir / "noarch").mkdir(parents=True, exist_ok=True)
+    every = sorted(set(subdirs) | {"noarch"})
+    for subdir in every:
         _index_subdir(channel_dir, subdir)
-    for subdir in subdirs:  # after all indexing: each index_fs call rewrites noarch too
+    for subdir in every:  # after all indexing: each index_fs call rewrites noarch too
         _pin_indexed_timestamp(channel_dir / subdir / "repodata.json")
     return channel_dir
 
