@@ -137,6 +137,37 @@ def test_cuda_needs_a_driver(fresh_demo_ws: Path, tmp_path: Path, cli, monkeypat
     assert cli("unpack", tmp_path / "p.tar", tmp_path / "env").exit_code == 0
 
 
+def test_self_extracting_installer_checks_the_machine_first(
+    fresh_demo_ws: Path, tmp_path: Path, cli
+) -> None:
+    """The installer is a shell script: it embeds the shell check and runs it before it writes."""
+    workspace = require(require(fresh_demo_ws, "__glibc >=99"), "__cuda >=12")
+    out = tmp_path / "env.sh"
+    packed = cli("pack", "--self-extracting", "--manifest-path", workspace, "-p", "linux-64", "-o", out)  # fmt: skip
+    assert packed.exit_code == 0, packed.stderr  # packing for elsewhere is fine
+    target = tmp_path / "site" / "env"
+
+    def install(**overrides: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/bin:/bin", **overrides}  # no nvidia-smi here in any case
+        return subprocess.run(["sh", str(out), "--target", str(target)], capture_output=True, text=True, check=False, env=env)  # fmt: skip
+
+    refused = install()
+    assert refused.returncode == UNMET_STATUS, refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert "cannot run environment default: it needs glibc >=99 (it has " + str(HERE_GLIBC) in line
+    assert "cuda >=12 (it has no NVIDIA driver)" in line
+    assert "nothing was installed; CONDA_OVERRIDE_GLIBC / CONDA_OVERRIDE_CUDA" in line
+    assert not (tmp_path / "site").exists()  # checked before the target's parent was made
+    old_cuda = install(CONDA_OVERRIDE_GLIBC="99.1", CONDA_OVERRIDE_CUDA="11.8")
+    assert old_cuda.returncode == UNMET_STATUS
+    assert "it needs cuda >=12 (it has 11.8)" in old_cuda.stderr
+    assert "glibc" not in old_cuda.stderr.split("it needs")[1].split("(nothing")[0]
+    assert not (tmp_path / "site").exists()
+    fine = install(CONDA_OVERRIDE_GLIBC="99.1", CONDA_OVERRIDE_CUDA="12.2")
+    assert fine.returncode == 0, fine.stderr
+    assert (target / "bin" / "greet").is_file()
+
+
 def _run_check(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     body = f"f() {{\n{script}\necho checked-ok\n}}\nf\n"
     return subprocess.run(["sh", "-c", body], capture_output=True, text=True, check=False, env=env)

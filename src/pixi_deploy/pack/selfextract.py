@@ -8,7 +8,10 @@ that contains it (offset, length, number of occurrences: rewritten in place with
 with NULs to its old length, as conda does). The tree goes into a tar appended to
 ``selfextract.sh``; the script checks its own header and the payload's length and ``cksum``
 (and sha256 when ``sha256sum`` exists) before it writes anything, unpacks into a staging folder
-beside the target, relocates, and renames into place.
+beside the target, relocates, and renames into place. Before any of that it runs the same shell
+check a job runs on its compute node (`pixi_deploy.target.shell_check`: glibc, CUDA driver,
+``CONDA_OVERRIDE_GLIBC`` / ``CONDA_OVERRIDE_CUDA``), and after relocating it makes the conda-meta
+records true for the target (`pack.selfextract_meta`), as py-rattler's install would write them.
 
 The header's checksum (on its last line) catches a damaged or carelessly edited script, not a
 deliberate one: whoever edits the script can edit its checksum too. What proves an installer is
@@ -36,7 +39,9 @@ from pixi_deploy import __version__
 from pixi_deploy.errors import PackError, store_error_from_os
 from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import lay_out_environment
+from pixi_deploy.pack.selfextract_meta import tokenise_records
 from pixi_deploy.progress import NullReporter, Reporter
+from pixi_deploy.target import shell_check
 from pixi_deploy.workspace import ResolvedEnvironment, file_name_part
 
 #: Longest target path the script accepts. Must not exceed any package's binary placeholder
@@ -122,11 +127,13 @@ def write_relocation_list(prefix: Path) -> tuple[int, int]:
     """List what names the placeholder, in the format the script reads; (text files, C strings).
 
     ``T path`` a text file; ``B offset length count path`` a C string in a binary file;
-    ``L path`` + next line the link target, for symbolic links.
+    ``L path`` + next line the link target, for symbolic links; then the ``F`` / ``J`` lines
+    that make the conda-meta records true for the target (`pack.selfextract_meta`).
     """
     needle = PLACEHOLDER.encode()
     lines: list[str] = []
-    seen: set[tuple[int, int]] = set()
+    inodes: dict[tuple[int, int], tuple[int, int, int] | None] = {}
+    relocated: dict[str, tuple[int, int, int]] = {}
     texts = strings = 0
     for path in sorted(_walk(prefix)):
         rel = path.relative_to(prefix).as_posix()
@@ -140,16 +147,21 @@ def write_relocation_list(prefix: Path) -> tuple[int, int]:
                 lines += [f"L {rel}", link]
             continue
         stat = path.stat()
-        if (stat.st_dev, stat.st_ino) in seen:
-            continue  # a hard link: relocating the first name relocates them all
-        seen.add((stat.st_dev, stat.st_ino))
+        inode = (stat.st_dev, stat.st_ino)
+        if inode in inodes:  # a hard link: relocating the first name relocates them all
+            if (known := inodes[inode]) is not None:
+                relocated[rel] = known
+            continue
+        inodes[inode] = None
         data = path.read_bytes()
         if needle not in data:
             continue
         if b"\0" not in data:
             lines.append(f"T {rel}")
             texts += 1
+            inodes[inode] = relocated[rel] = (len(relocated), len(data), data.count(needle))
             continue
+        inodes[inode] = relocated[rel] = (len(relocated), len(data), 0)
         position = data.find(needle)
         while position != -1:
             end = data.find(b"\0", position)
@@ -158,6 +170,7 @@ def write_relocation_list(prefix: Path) -> tuple[int, int]:
             lines.append(f"B {position} {end - position} {count} {rel}")
             strings += 1
             position = data.find(needle, end)
+    lines += tokenise_records(prefix, relocated)
     (prefix / RELOCATE_NAME).write_text("".join(line + "\n" for line in lines))
     return texts, strings
 
@@ -208,6 +221,12 @@ def _header(resolved: ResolvedEnvironment, script_name: str, payload: Path) -> b
         "PAYLOAD_CKSUM": str(crc),
         "PAYLOAD_SHA256": sha,
         "PLACEHOLDER": PLACEHOLDER,
+        "TARGET_CHECK": shell_check(
+            resolved.virtual_packages,
+            resolved.name,
+            hint="nothing was installed; CONDA_OVERRIDE_GLIBC / CONDA_OVERRIDE_CUDA override the "
+            "detection",
+        ),
         "PLACEHOLDER_LENGTH": str(len(PLACEHOLDER)),
         "DEFAULT_NAME": file_name_part(
             f"{resolved.workspace.name}-{resolved.name}-{resolved.short_hash}"
