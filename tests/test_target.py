@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.needs import require
 from pixi_deploy.errors import StoreError
 from pixi_deploy.target import (
     UNMET_STATUS,
@@ -25,17 +26,6 @@ from pixi_deploy.target import (
 from pixi_deploy.workspace import load_workspace
 
 HERE_GLIBC = TargetFacts.here().glibc
-
-
-def require(workspace: Path, need: str) -> Path:
-    """Make the locked linux-64 `greet` package depend on the virtual package ``need``."""
-    lock = workspace / "pixi.lock"
-    text = lock.read_text()
-    record = text.index("/linux-64/greet-1.0.0-h0_0.conda\n  subdir")
-    at = text.index("  - libgreet >=1.2\n", record)
-    lock.write_text(text[:at] + f"  - {need}\n" + text[at:])
-    assert need in load_workspace(workspace).resolve("default", "linux-64").virtual_packages
-    return workspace
 
 
 @pytest.fixture(autouse=True)
@@ -121,6 +111,15 @@ def test_local_deploy_and_unpack_are_refused_on_an_old_glibc(
     monkeypatch.setenv("CONDA_OVERRIDE_GLIBC", "99.1")  # as conda and pixi: trust the user
     assert cli("unpack", tmp_path / "p.tar", tmp_path / "env").exit_code == 0
     assert (tmp_path / "env" / "bin" / "greet").is_file()
+    # where it is activated without the override (a compute node), activate.sh refuses first
+    activated = subprocess.run(
+        ["sh", "-c", '. "$0"; echo "status $? PATH=$PATH"', str(tmp_path / "env" / "activate.sh")],
+        capture_output=True, text=True, check=False, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert activated.stdout.strip() == f"status {UNMET_STATUS} PATH=/usr/bin:/bin"  # unchanged
+    assert activated.stderr.strip().endswith(
+        f"cannot run environment default: it needs glibc >=99 (it has {HERE_GLIBC})"
+    )
 
 
 def test_cuda_needs_a_driver(fresh_demo_ws: Path, tmp_path: Path, cli, monkeypatch) -> None:

@@ -158,6 +158,7 @@ def build_image(
         sha256={a.filename: a.sha256 for a in artifacts},
         wheels=[p for a, p in cached.items() if a.kind == "pypi"],
         activation=resolved.activation,
+        needs=tuple(resolved.virtual_packages),
         verify=True,  # the cache may have changed since the files were fetched
     )
     return _build(source, options, cache, reporter)
@@ -193,6 +194,7 @@ def build_image_from_pack(
             sha256={Path(f.path).name: f.sha256 for f in metadata.files},
             wheels=[_copied(files[f.path]) for f in metadata.files if f.kind == "pypi"],
             activation=ManifestActivation.from_pack_extra(metadata.extra),
+            needs=tuple(metadata.virtual_packages),
         )
         return _build(source, options, cache, reporter)
 
@@ -280,6 +282,7 @@ def _build(
                 cache_dir=work / "rattler",  # this build's own: nothing shared with the cache
                 environment=source.environment,
                 activation=source.activation,
+                needs=source.needs,
                 direct=True,
             )
         finally:

@@ -59,6 +59,7 @@ class LayerSource:
     sha256: dict[str, str]  # archive/wheel file name -> sha256
     wheels: list[Path]
     activation: ManifestActivation | None = None  # the manifest's part of activate.sh
+    needs: tuple[str, ...] = ()  # the lock's virtual packages, checked by activate.sh
     verify: bool = False  # check each archive against ``sha256`` where it is used (a cache)
 
 

@@ -132,6 +132,7 @@ def _lay_out(
             environment=metadata.environment,
             direct=True,
             activation=ManifestActivation.from_pack_extra(metadata.extra),
+            needs=metadata.virtual_packages,
         )
     except OSError as error:
         raise store_error_from_os(error, target) from error

@@ -20,6 +20,7 @@ import time
 from pixi_deploy.code.checkout import no_code_shell
 from pixi_deploy.errors import SchedulerError
 from pixi_deploy.launchers import BashLauncher
+from pixi_deploy.target import UNMET_STATUS
 from pixi_deploy.transport import quoting
 
 from .spec import JobSpec
@@ -53,7 +54,11 @@ if [ -n "$__pd_env" ]; then
   fi
   [ -f "$__pd_real/activate.sh" ] || __pd_fail \
     "the environment $__pd_env does not exist on the cluster (pruned or never deployed); deploy it again"
-  . "$__pd_real/activate.sh" || __pd_fail "the environment $__pd_env could not be activated"
+  # activate.sh checks this node first (glibc, CUDA driver): on a node that cannot run the
+  # environment it has said why in one line, and the job ends with that status
+  . "$__pd_real/activate.sh"; __pd_status=$?
+  [ "$__pd_status" != {unmet} ] || exit {unmet}
+  [ "$__pd_status" = 0 ] || __pd_fail "the environment $__pd_env could not be activated"
   export PIXI_DEPLOY_ENVIRONMENT="$__pd_real"
 fi
 {cd}"""
@@ -87,6 +92,7 @@ def preamble(spec: JobSpec, run_dir: str, *, keep_secrets: bool = False) -> str:
     text = _PREAMBLE.format(
         run_dir=quoting.quote(run_dir),
         status=ENV_MISSING_STATUS,
+        unmet=UNMET_STATUS,
         secrets=SECRETS_FILE,
         remove_secrets=remove,
         code=spec.code.shell() if spec.code else no_code_shell(),
