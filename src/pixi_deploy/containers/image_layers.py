@@ -73,8 +73,15 @@ def load_base(
     kind, path_text, tag = _base_kind(text)
     if kind == "registry":
         ref = parse_reference(path_text)
-        creds = find_credentials(ref.registry, None)
-        manifest, config = pull_base(ref, store, platform, creds, insecure=insecure)
+        creds = find_credentials(ref.registry, None)  # the user's registry auth, as for push
+        try:
+            manifest, config = pull_base(ref, store, platform, creds, insecure=insecure)
+        except ContainerError as error:
+            raise ContainerError(
+                f"cannot pull the base image {ref}: {error.message}",
+                "pass --base with an image you can pull, or a local OCI layout or archive "
+                "(docker/skopeo can save one)",
+            ) from error
         return manifest, config, str(ref)
     folder = Path(path_text)
     if kind == "oci-archive":
