@@ -30,7 +30,6 @@ import re
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -41,6 +40,7 @@ from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import lay_out_environment
 from pixi_deploy.pack.selfextract_meta import tokenise_records
 from pixi_deploy.progress import NullReporter, Reporter
+from pixi_deploy.scratch import scratch_folder
 from pixi_deploy.target import shell_check
 from pixi_deploy.workspace import ResolvedEnvironment, file_name_part
 
@@ -86,9 +86,20 @@ def write_self_extracting(
     output = Path(output or default_self_extract_name(resolved)).absolute()
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.work-"))
+        # armed before it exists, and removed by the next run if this one is killed
+        with scratch_folder(output.parent, f".{output.name}.work-") as work:
+            return _write(resolved, output, work, cache, reporter)
     except OSError as error:
         raise store_error_from_os(error, output.parent) from error
+
+
+def _write(
+    resolved: ResolvedEnvironment,
+    output: Path,
+    work: Path,
+    cache: DownloadCache,
+    reporter: Reporter,
+) -> SelfExtractResult:
     try:
         prefix = work / "prefix"
         lay_out_environment(
@@ -116,8 +127,6 @@ def write_self_extracting(
         raise PackError(
             f"cannot write {output}: {error.strerror or error}", "free space or pick another -o"
         ) from error
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return SelfExtractResult(
         output, output.stat().st_size, payload_size, texts, strings, "sha256:" + whole.hexdigest()
     )
