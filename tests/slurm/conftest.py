@@ -3,9 +3,6 @@ transport, clients with and without sacct, and the demo environment deployed the
 
 from __future__ import annotations
 
-import re
-import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import connections
 from helpers.multinode import multi_node_cluster  # noqa: F401 - a fixture
 from pixi_deploy.pack import DownloadCache
 from pixi_deploy.slurm import SlurmClient
@@ -65,22 +63,6 @@ def drop_connection():
 def _drop_connection(transport: Transport) -> list[int]:
     """Kill (SIGKILL) the sshd processes serving exactly this transport's connection, as a
     network failure would end it; other users of the shared test sshd are not touched."""
-    conn = transport._session._conn
-    assert conn is not None, "the transport is not connected"
-    local_port = conn.get_extra_info("sockname")[1]
-    out = subprocess.run(
-        ["ss", "-tnpH", "state", "established", f"( sport = :2222 and dport = :{local_port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    pids = sorted({int(p) for p in re.findall(r"pid=(\d+)", out)})
-    for pid in pids:
-        try:
-            import os
-
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    time.sleep(0.2)
+    pids = connections.drop_connection(transport)
+    time.sleep(0.2)  # let the client notice (no assertion waits on this)
     return pids
