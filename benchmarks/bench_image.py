@@ -72,11 +72,13 @@ def main() -> None:
         try:
             tag = f"{registry.host}/bench/env:1"
             first, t_build = timed(
-                lambda: build_image(resolved, ImageOptions(tag=tag, push=True, cache=cache))
+                lambda: build_image(
+                    resolved, ImageOptions(base="scratch", tag=tag, push=True, cache=cache)
+                )
             )
             _, t_again = timed(
                 lambda: build_image(
-                    resolved, ImageOptions(tag=tag, cache=cache, dest=tmp / "o.oci")
+                    resolved, ImageOptions(base="scratch", tag=tag, cache=cache, dest=tmp / "o.oci")
                 )
             )
             # one mid-sized package changes its content
@@ -106,7 +108,9 @@ def main() -> None:
             resolved2 = load_workspace(ws).resolve("default", "linux-64")
             cache.fetch_all([])  # nothing: fetching is part of the build below
             second, t_rebuild = timed(
-                lambda: build_image(resolved2, ImageOptions(tag=tag, push=True, cache=cache))
+                lambda: build_image(
+                    resolved2, ImageOptions(base="scratch", tag=tag, push=True, cache=cache)
+                )
             )
         finally:
             registry.stop()

@@ -114,7 +114,10 @@ def test_every_local_entry_point_prepares_like_deploy(
 
     built = api.image(
         ImageOptions(
-            tag="api/test:1", dest=tmp_path / "img", cache=DownloadCache(fresh_cache("i"))
+            base="scratch",
+            tag="api/test:1",
+            dest=tmp_path / "img",
+            cache=DownloadCache(fresh_cache("i")),
         ),
         manifest_path=workspace,
         platform="linux-64",

@@ -58,7 +58,7 @@ def test_inspect_lists_source_packages(build_ws: Path, cli) -> None:
         ["pack", "-o", "{tmp}/out.tar"],
         ["pack", "--self-extracting", "-o", "{tmp}/out.sh"],
         ["deploy", "--target", "local", "--base", "{tmp}/store"],
-        ["image", "--tag", "t/x:1", "--dest", "{tmp}/img"],
+        ["image", "--base", "scratch", "--tag", "t/x:1", "--dest", "{tmp}/img"],
         ["run", "--base", "{tmp}/store", "--", "true"],
     ],
     ids=["pack", "self-extracting", "deploy", "image", "run"],

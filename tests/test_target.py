@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.needs import require
 from pixi_deploy.errors import StoreError
 from pixi_deploy.target import (
     UNMET_STATUS,
@@ -25,17 +26,6 @@ from pixi_deploy.target import (
 from pixi_deploy.workspace import load_workspace
 
 HERE_GLIBC = TargetFacts.here().glibc
-
-
-def require(workspace: Path, need: str) -> Path:
-    """Make the locked linux-64 `greet` package depend on the virtual package ``need``."""
-    lock = workspace / "pixi.lock"
-    text = lock.read_text()
-    record = text.index("/linux-64/greet-1.0.0-h0_0.conda\n  subdir")
-    at = text.index("  - libgreet >=1.2\n", record)
-    lock.write_text(text[:at] + f"  - {need}\n" + text[at:])
-    assert need in load_workspace(workspace).resolve("default", "linux-64").virtual_packages
-    return workspace
 
 
 @pytest.fixture(autouse=True)
@@ -121,6 +111,15 @@ def test_local_deploy_and_unpack_are_refused_on_an_old_glibc(
     monkeypatch.setenv("CONDA_OVERRIDE_GLIBC", "99.1")  # as conda and pixi: trust the user
     assert cli("unpack", tmp_path / "p.tar", tmp_path / "env").exit_code == 0
     assert (tmp_path / "env" / "bin" / "greet").is_file()
+    # where it is activated without the override (a compute node), activate.sh refuses first
+    activated = subprocess.run(
+        ["sh", "-c", '. "$0"; echo "status $? PATH=$PATH"', str(tmp_path / "env" / "activate.sh")],
+        capture_output=True, text=True, check=False, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert activated.stdout.strip() == f"status {UNMET_STATUS} PATH=/usr/bin:/bin"  # unchanged
+    assert activated.stderr.strip().endswith(
+        f"cannot run environment default: it needs glibc >=99 (it has {HERE_GLIBC})"
+    )
 
 
 def test_cuda_needs_a_driver(fresh_demo_ws: Path, tmp_path: Path, cli, monkeypatch) -> None:
@@ -135,6 +134,37 @@ def test_cuda_needs_a_driver(fresh_demo_ws: Path, tmp_path: Path, cli, monkeypat
     assert "it needs cuda >=12 (it has 11.8)" in cli("unpack", tmp_path / "p.tar", tmp_path / "env").stderr  # fmt: skip
     monkeypatch.setenv("CONDA_OVERRIDE_CUDA", "12.2")
     assert cli("unpack", tmp_path / "p.tar", tmp_path / "env").exit_code == 0
+
+
+def test_self_extracting_installer_checks_the_machine_first(
+    fresh_demo_ws: Path, tmp_path: Path, cli
+) -> None:
+    """The installer is a shell script: it embeds the shell check and runs it before it writes."""
+    workspace = require(require(fresh_demo_ws, "__glibc >=99"), "__cuda >=12")
+    out = tmp_path / "env.sh"
+    packed = cli("pack", "--self-extracting", "--manifest-path", workspace, "-p", "linux-64", "-o", out)  # fmt: skip
+    assert packed.exit_code == 0, packed.stderr  # packing for elsewhere is fine
+    target = tmp_path / "site" / "env"
+
+    def install(**overrides: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/bin:/bin", **overrides}  # no nvidia-smi here in any case
+        return subprocess.run(["sh", str(out), "--target", str(target)], capture_output=True, text=True, check=False, env=env)  # fmt: skip
+
+    refused = install()
+    assert refused.returncode == UNMET_STATUS, refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert "cannot run environment default: it needs glibc >=99 (it has " + str(HERE_GLIBC) in line
+    assert "cuda >=12 (it has no NVIDIA driver)" in line
+    assert "nothing was installed; CONDA_OVERRIDE_GLIBC / CONDA_OVERRIDE_CUDA" in line
+    assert not (tmp_path / "site").exists()  # checked before the target's parent was made
+    old_cuda = install(CONDA_OVERRIDE_GLIBC="99.1", CONDA_OVERRIDE_CUDA="11.8")
+    assert old_cuda.returncode == UNMET_STATUS
+    assert "it needs cuda >=12 (it has 11.8)" in old_cuda.stderr
+    assert "glibc" not in old_cuda.stderr.split("it needs")[1].split("(nothing")[0]
+    assert not (tmp_path / "site").exists()
+    fine = install(CONDA_OVERRIDE_GLIBC="99.1", CONDA_OVERRIDE_CUDA="12.2")
+    assert fine.returncode == 0, fine.stderr
+    assert (target / "bin" / "greet").is_file()
 
 
 def _run_check(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -27,12 +27,14 @@ import json
 import os
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pixi_deploy.errors import PackError, WorkspaceError
 from pixi_deploy.manifest import DEFAULT_FEATURE, environment_features, target_tables
+from pixi_deploy.target import shell_check
 
 ACTIVATE_NAME = "activate.sh"
 #: Where an environment carries the activation scripts its manifest names (relative to it).
@@ -244,13 +246,24 @@ def activate_script_text(
     package_env: dict[str, str],
     activate_d: list[str],
     activation: ManifestActivation | None,
+    needs: Sequence[str] = (),
 ) -> str:
-    """The text of ``activate.sh`` for an environment that lives at ``final``."""
+    """The text of ``activate.sh`` for an environment that lives at ``final``.
+
+    With ``needs`` (the lock's virtual packages) it first checks that the machine it runs on
+    can run the environment (`pixi_deploy.target.shell_check`): on a compute node whose glibc
+    or CUDA driver is too old, ``. activate.sh`` changes nothing and returns `UNMET_STATUS`
+    with one line saying why, before a job's command runs into a loader error."""
     q = shlex.quote
     lines = [
         "# Activate this environment: `. activate.sh` (bash, zsh, dash: any POSIX shell).",
         f"# Written by pixi-deploy for environment {_one_line(q(environment))} "
         f"({_one_line(platform)}).",
+    ]
+    check = shell_check(needs, environment)
+    if check:
+        lines.append(check.strip("\n"))
+    lines += [
         f'export PATH={q(str(final / "bin"))}"${{PATH:+:${{PATH}}}}"',
         "export CONDA_SHLVL=1",
         f"export CONDA_PREFIX={q(str(final))}",
@@ -294,6 +307,7 @@ def write_activate_script(
     environment: str,
     platform: str,
     activation: ManifestActivation | None = None,
+    needs: Sequence[str] = (),
 ) -> Path:
     """Write ``activate.sh`` (and the manifest's scripts, carried) into the environment being
     built in ``staging``, for its final path ``final``.
@@ -312,7 +326,7 @@ def write_activate_script(
             target.write_bytes(script.content or b"")
             os.chmod(target, 0o644)
     env = package_env_vars(staging)
-    text = activate_script_text(final, environment, platform, env, scripts, activation)
+    text = activate_script_text(final, environment, platform, env, scripts, activation, needs)
     target = staging / ACTIVATE_NAME
     target.write_text(text)
     os.chmod(target, 0o644)

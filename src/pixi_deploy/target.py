@@ -184,8 +184,8 @@ __pd_unmet=
 {checks}
 unset -f __pd_ge
 if [ -n "$__pd_unmet" ]; then
-  printf 'pixi-deploy: %s cannot run environment %s: it needs%s\n' \
-    "${{SLURMD_NODENAME:-$(uname -n)}}" {environment} "$__pd_unmet" >&2
+  printf 'pixi-deploy: %s cannot run environment %s: it needs%s%s\n' \
+    "${{SLURMD_NODENAME:-$(uname -n)}}" {environment} "$__pd_unmet" {hint} >&2
   unset __pd_unmet __pd_h __pd_w __pd_a __pd_b __pd_have
   return {status} 2>/dev/null || exit {status}
 fi
@@ -214,10 +214,11 @@ elif ! __pd_ge "$__pd_have" {want}; then
 fi"""
 
 
-def shell_check(needs: Iterable[str], environment: str) -> str:
+def shell_check(needs: Iterable[str], environment: str, *, hint: str = "") -> str:
     """POSIX shell lines that refuse (status `UNMET_STATUS`, one line on stderr) on a machine
     whose glibc or CUDA driver is older than ``needs``: what a job checks on its compute node,
-    and an image or unpacked environment where it is activated. Empty when nothing is needed."""
+    and an image or unpacked environment where it is activated. Empty when nothing is needed.
+    ``hint`` ends that line (what to do)."""
     import shlex
 
     bounds = lower_bounds(needs)
@@ -233,6 +234,7 @@ def shell_check(needs: Iterable[str], environment: str) -> str:
         wants=wants,
         checks="".join(checks).strip("\n"),
         environment=shlex.quote(environment),
+        hint=shlex.quote(f" ({hint})" if hint else ""),
         status=UNMET_STATUS,
     )
 

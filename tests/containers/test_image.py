@@ -6,6 +6,7 @@ the environment through its entrypoint on a busybox base.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -21,10 +22,12 @@ from containers.registry_fixture import CutProxy, Registry, ensure_tools, free_p
 from helpers.activation import make_activation_workspace
 from helpers.workspaces import CliResult
 from pixi_deploy.containers.image import (
+    BASE_VARIABLE,
     ImageOptions,
     ImageResult,
     build_image,
     build_image_from_pack,
+    default_base,
 )
 from pixi_deploy.errors import ContainerError
 from pixi_deploy.pack import DownloadCache, write_pack
@@ -139,7 +142,8 @@ def test_aarch64_image_has_arm64_config(
 ) -> None:
     resolved = load_workspace(demo_ws).resolve("extra", "linux-aarch64")
     result = build_image(
-        resolved, ImageOptions(tag="demo:arm", dest=tmp_path / "arm.oci", cache=cache)
+        resolved,
+        ImageOptions(base="scratch", tag="demo:arm", dest=tmp_path / "arm.oci", cache=cache),
     )
     config = json.loads(skopeo("inspect", "--config", f"oci:{tmp_path / 'arm.oci'}:arm"))
     assert (config["architecture"], config.get("variant")) == ("arm64", "v8")
@@ -152,17 +156,23 @@ def test_layers_are_reproducible_tars(demo_ws: Path, tmp_path: Path) -> None:
     resolved = load_workspace(demo_ws).resolve("default", "linux-64")
     first = build_image(
         resolved,
-        ImageOptions(tag="demo:1", dest=tmp_path / "a", cache=DownloadCache(tmp_path / "c1")),
+        ImageOptions(
+            base="scratch", tag="demo:1", dest=tmp_path / "a", cache=DownloadCache(tmp_path / "c1")
+        ),
     )
     second = build_image(
         resolved,
-        ImageOptions(tag="demo:1", dest=tmp_path / "b", cache=DownloadCache(tmp_path / "c2")),
+        ImageOptions(
+            base="scratch", tag="demo:1", dest=tmp_path / "b", cache=DownloadCache(tmp_path / "c2")
+        ),
     )
     assert first.manifest_digest == second.manifest_digest  # separate caches, separate staging
     assert not any(layer.cached for layer in second.layers)
     third = build_image(
         resolved,
-        ImageOptions(tag="demo:1", dest=tmp_path / "a", cache=DownloadCache(tmp_path / "c1")),
+        ImageOptions(
+            base="scratch", tag="demo:1", dest=tmp_path / "a", cache=DownloadCache(tmp_path / "c1")
+        ),
     )
     assert [layer.cached for layer in third.layers] == [True] * 4 + [False]
     blob = tmp_path / "a" / "blobs" / "sha256" / first.layers[0].digest.split(":")[1]
@@ -179,7 +189,9 @@ def test_source_date_epoch(
 ) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1704067200")
     resolved = load_workspace(demo_ws).resolve("default", "linux-64")
-    result = build_image(resolved, ImageOptions(tag="demo:sde", dest=tmp_path / "i", cache=cache))
+    result = build_image(
+        resolved, ImageOptions(base="scratch", tag="demo:sde", dest=tmp_path / "i", cache=cache)
+    )
     config = json.loads(skopeo("inspect", "--config", f"oci:{tmp_path / 'i'}:sde"))
     assert config["created"] == "2024-01-01T00:00:00Z"
     blob = tmp_path / "i" / "blobs" / "sha256" / result.layers[0].digest.split(":")[1]
@@ -193,11 +205,15 @@ def test_pack_and_lock_give_the_same_image(
     resolved = load_workspace(demo_ws).resolve("default", "linux-64")
     from_lock = build_image(
         resolved,
-        ImageOptions(tag="demo:1", output="oci-archive", dest=tmp_path / "a.tar", cache=cache),
+        ImageOptions(
+            base="scratch", tag="demo:1", output="oci-archive", dest=tmp_path / "a.tar", cache=cache
+        ),
     )
     pack = write_pack(resolved, tmp_path / "demo.tar", cache=cache).path
     result = cli(
         "image",
+        "--base",
+        "scratch",
         "--pack",
         pack,
         "--tag",
@@ -216,7 +232,7 @@ def test_pack_and_lock_give_the_same_image(
     assert raw["config"]["digest"] == from_lock.config_digest
     with pytest.raises(ContainerError, match="not linux-aarch64"):
         build_image_from_pack(
-            pack, ImageOptions(tag="demo:1", cache=cache), platform="linux-aarch64"
+            pack, ImageOptions(base="scratch", tag="demo:1", cache=cache), platform="linux-aarch64"
         )
 
 
@@ -258,6 +274,8 @@ def test_push_then_pull_back_with_skopeo(
     tag = f"{registry.host}/demo/env:1.0"
     result = cli(
         "image",
+        "--base",
+        "scratch",
         "--manifest-path",
         demo_ws,
         "-p",
@@ -281,6 +299,8 @@ def test_push_then_pull_back_with_skopeo(
     assert pulled == data["manifest_digest"]
     again = cli(
         "image",
+        "--base",
+        "scratch",
         "--manifest-path",
         demo_ws,
         "-p",
@@ -333,11 +353,11 @@ def test_rebuild_after_one_package_changed_pushes_only_its_layer(
         build_channel(channel, specs)
         lock_workspace(fresh_demo_ws, channel, DEMO_ENVIRONMENTS, ("linux-64", "linux-aarch64"))
         resolved = load_workspace(fresh_demo_ws).resolve("default", "linux-64")
-        return build_image(resolved, ImageOptions(tag=tag, push=True, cache=cache))
+        return build_image(resolved, ImageOptions(base="scratch", tag=tag, push=True, cache=cache))
 
     first = build_image(
         load_workspace(fresh_demo_ws).resolve("default", "linux-64"),
-        ImageOptions(tag=tag, push=True, cache=cache),
+        ImageOptions(base="scratch", tag=tag, push=True, cache=cache),
     )
     assert first.push is not None and len(first.push.uploaded) == 6  # 5 layers + config
 
@@ -387,7 +407,10 @@ def test_push_cut_off_midway_then_retry_finishes(
     try:
         with pytest.raises(ContainerError, match="unreachable") as info:
             build_image(
-                resolved, ImageOptions(tag=f"{proxy.host}/demo/cut:1", push=True, cache=cache)
+                resolved,
+                ImageOptions(
+                    base="scratch", tag=f"{proxy.host}/demo/cut:1", push=True, cache=cache
+                ),
             )
         assert "\n" not in str(info.value)
         assert proxy.cut and proxy.puts == 2
@@ -396,7 +419,8 @@ def test_push_cut_off_midway_then_retry_finishes(
     status, _, _ = registry.manifest("demo/cut", "1")
     assert status == 404  # no tag pointing at missing blobs
     result = build_image(
-        resolved, ImageOptions(tag=f"{registry.host}/demo/cut:1", push=True, cache=cache)
+        resolved,
+        ImageOptions(base="scratch", tag=f"{registry.host}/demo/cut:1", push=True, cache=cache),
     )
     assert result.push is not None
     assert len(result.push.skipped) == 2 and len(result.push.uploaded) == 5
@@ -419,6 +443,8 @@ def test_auth_registry_accepts_and_refuses_credentials(
     tag = f"{registry.host}/secure/demo:1"
     args = (
         "image",
+        "--base",
+        "scratch",
         "--manifest-path",
         demo_ws,
         "-p",
@@ -441,7 +467,6 @@ def test_auth_registry_accepts_and_refuses_credentials(
     assert password not in ok.stdout + ok.stderr
     # docker's config.json works as well
     monkeypatch.delenv("PIXI_DEPLOY_REGISTRY_PASSWORD")
-    import base64
 
     (tmp_path / "docker").mkdir()
     auth = base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -454,7 +479,7 @@ def test_auth_registry_accepts_and_refuses_credentials(
 def test_failures_are_one_line(
     demo_ws: Path, cache: DownloadCache, cli: Callable[..., CliResult], tmp_path: Path
 ) -> None:
-    base = ("image", "--manifest-path", demo_ws, "-p", "linux-64", "--cache-dir", cache.root)
+    base = ("image", "--manifest-path", demo_ws, "-p", "linux-64", "--cache-dir", cache.root, "--base", "scratch")  # fmt: skip
     one_line_error(cli(*base, "-e", "nope", "--tag", "demo:1"), 2, "unknown environment 'nope'")
     one_line_error(cli(*base, "--tag", "Demo:1"), 9, "invalid image name")
     one_line_error(cli(*base, "--tag", "demo:bad tag!"), 9, "invalid image tag")
@@ -501,3 +526,45 @@ def test_image_entrypoint_activates_the_manifest_activation(
         f"cuda1(after-package) linux(after-package)/cuda1/{prefix}/share/pixi-deploy/project"
         "/acttest:cuda"
     )
+
+
+def test_default_base_is_a_glibc_distribution_pulled_with_the_users_auth(
+    demo_ws: Path,
+    cache: DownloadCache,
+    auth_registry: tuple[Registry, str, str],
+    busybox_base: Path,
+    cli: Callable[..., CliResult],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """No --base: Ubuntu noble (glibc), or the site's copy of it named in $PIXI_DEPLOY_IMAGE_BASE
+    (here the auth registry, standing in for Docker Hub), pulled with docker's config.json;
+    --base scratch still builds, with a warning on stderr."""
+    monkeypatch.delenv(BASE_VARIABLE, raising=False)
+    assert default_base() == "docker.io/library/ubuntu:24.04"
+    assert ImageOptions(tag="x:1").base is None
+    registry, user, password = auth_registry
+    mirror = f"{registry.host}/library/ubuntu:24.04"
+    skopeo(
+        "copy", "--dest-tls-verify=false", f"--dest-creds={user}:{password}",
+        f"oci:{busybox_base}:latest", f"docker://{mirror}",
+    )  # fmt: skip
+    monkeypatch.setenv(BASE_VARIABLE, mirror)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    common = ("image", "--manifest-path", demo_ws, "-p", "linux-64", "--tag", "demo:1", "--cache-dir", cache.root, "--json")  # fmt: skip
+    anonymous = cli(*common, "--dest", tmp_path / "a.oci")
+    one_line_error(anonymous, 9, f"cannot pull the base image {mirror}")
+    assert not (tmp_path / "a.oci").exists()
+    (tmp_path / "docker").mkdir()
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (tmp_path / "docker" / "config.json").write_text(
+        json.dumps({"auths": {registry.host: {"auth": auth}}})
+    )
+    built = cli(*common, "--dest", tmp_path / "b.oci")
+    assert built.exit_code == 0, built.stderr
+    data = json.loads(built.stdout)
+    assert data["base_layers"] == 1 and "warning" not in built.stderr
+    for extra in ((), ("--json",)):
+        scratch = cli(*common[:-1], *extra, "--base", "scratch", "--dest", tmp_path / f"s{len(extra)}.oci")  # fmt: skip
+        assert scratch.exit_code == 0, scratch.stderr
+        assert "warning: --base scratch: the image has no libc and no dynamic loader" in " ".join(scratch.stderr.split())  # fmt: skip

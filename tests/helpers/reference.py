@@ -9,6 +9,7 @@ targets, and the ``files`` / ``paths_data`` of every ``conda-meta`` record.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import stat
@@ -108,18 +109,20 @@ def _compare_meta(ours: Path, reference: Path, ref_prefix: str, our_prefix: str)
         b = json.loads((reference / "conda-meta" / name).read_text())
         if sorted(a.get("files", [])) != sorted(b.get("files", [])):
             problems.append(f"conda-meta/{name}: files differ")
-        pa = {e["_path"]: _entry(e) for e in a.get("paths_data", {}).get("paths", [])}
-        pb = {e["_path"]: _entry(e) for e in b.get("paths_data", {}).get("paths", [])}
+        pa = {e["_path"]: _entry(e, ours) for e in a.get("paths_data", {}).get("paths", [])}
+        pb = {e["_path"]: _entry(e, reference) for e in b.get("paths_data", {}).get("paths", [])}
         if pa != pb:
             diff = sorted(k for k in set(pa) | set(pb) if pa.get(k) != pb.get(k))
             problems.append(f"conda-meta/{name}: paths_data differ at {diff[:5]}")
     return problems
 
 
-def _entry(entry: dict[str, object]) -> dict[str, object]:
-    """A paths_data entry without what depends on the prefix's own bytes (sha256_in_prefix of
-    patched files differs with the prefix by design)."""
-    kept = {k: v for k, v in entry.items() if k not in ("sha256_in_prefix",)}
-    if not entry.get("prefix_placeholder"):
-        kept["sha256_in_prefix"] = entry.get("sha256_in_prefix")
+def _entry(entry: dict[str, object], prefix: Path) -> dict[str, object]:
+    """A paths_data entry, where the sha256_in_prefix of a patched file (which differs with the
+    prefix by design) is replaced by whether it is the sha256 of the file in that prefix."""
+    kept = dict(entry)
+    if entry.get("prefix_placeholder") and "sha256_in_prefix" in entry:
+        path = prefix / str(entry["_path"])
+        actual = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        kept["sha256_in_prefix"] = entry["sha256_in_prefix"] == actual
     return kept

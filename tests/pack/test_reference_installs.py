@@ -100,6 +100,21 @@ def test_local_deploy(workspace: Path, tmp_path: Path) -> None:
     _prints_its_prefix(_local_runner(env), str(env), workspace)
 
 
+def test_self_extracting_installer(workspace: Path, tmp_path: Path) -> None:
+    installer = api.pack(
+        manifest_path=workspace, platform="linux-64", output=tmp_path / "env.sh",
+        self_extracting=True, cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    env = tmp_path / "e" / "installed"
+    done = subprocess.run(
+        ["sh", str(installer.path), "--target", str(env)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _agrees(env, workspace, tmp_path)
+    _prints_its_prefix(_local_runner(env), str(env), workspace)
+
+
 def test_image_layers(workspace: Path, tmp_path: Path) -> None:
     prefix = f"/opt/{uuid.uuid4().hex[:12]}/environment"
     result = api.image(

@@ -3,6 +3,7 @@ environment with only POSIX tools: no python, no pixi, no network."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -97,6 +98,16 @@ def test_installs_with_posix_tools_only(installer: Path, demo_ws: Path, tmp_path
                 assert TEXT_PLACEHOLDER.encode() not in data, path
     assert not (target / ".pixi-deploy-relocate").exists()
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
+    # no sha256sum here: the records stay valid and leave out what cannot be computed
+    assert "no sha256sum or shasum here" in run.stderr
+    (libgreet,) = target.glob("conda-meta/libgreet-*.json")
+    entry = next(
+        e for e in json.loads(libgreet.read_text())["paths_data"]["paths"]
+        if e["_path"] == "lib/libgreet.so"
+    )  # fmt: skip
+    assert entry["size_in_bytes"] == len(patched) and "sha256_in_prefix" not in entry
+    for record in target.glob("conda-meta/*.json"):
+        assert "@pdsx-" not in record.read_text(), record
 
 
 def test_default_target_is_beside_the_script(installer: Path, tmp_path: Path) -> None:

@@ -45,7 +45,16 @@ def _uses(kind: str, demo_ws: Path, cache: Path, tmp_path: Path) -> list[str | P
     if kind == "self-extracting":
         return ["pack", "--self-extracting", *common, "-o", tmp_path / "env.sh"]
     if kind == "image":
-        return ["image", *common, "--tag", "localhost/x:1", "--dest", tmp_path / "img.oci"]
+        return [
+            "image",
+            *common,
+            "--base",
+            "scratch",
+            "--tag",
+            "localhost/x:1",
+            "--dest",
+            tmp_path / "img.oci",
+        ]
     return ["pack", *common, "-o", tmp_path / "p.tar"]
 
 

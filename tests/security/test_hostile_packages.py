@@ -53,7 +53,18 @@ def _install(
         return (lambda: cli(*args)), out
     dest = tmp_path / "out" / "image.oci"
     dest.parent.mkdir()
-    args = ["image", *common, "--tag", "localhost/evil:1", "--cache-dir", cache, "--dest", dest]
+    args = [
+        "image",
+        *common,
+        "--base",
+        "scratch",
+        "--tag",
+        "localhost/evil:1",
+        "--cache-dir",
+        cache,
+        "--dest",
+        dest,
+    ]
     return (lambda: cli(*args)), dest
 
 

@@ -105,7 +105,16 @@ def test_no_credential_is_written_or_printed(
         result = cli("pack", "--self-extracting", *common, "-o", tmp_path / "env.sh", "--json")
         outputs.append(tmp_path / "env.sh")
     elif what == "image":
-        result = cli("image", *common, "--tag", "localhost/s:1", "--dest", tmp_path / "i.oci")
+        result = cli(
+            "image",
+            *common,
+            "--base",
+            "scratch",
+            "--tag",
+            "localhost/s:1",
+            "--dest",
+            tmp_path / "i.oci",
+        )
         outputs.append(tmp_path / "i.oci")
     else:
         result = cli("inspect", "--manifest-path", ws, "--json")

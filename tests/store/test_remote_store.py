@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.connections import CutReporter
 from helpers.files import age
 from pixi_deploy.pack import DownloadCache
-from pixi_deploy.progress import NullReporter
 from pixi_deploy.store.remote import RemoteStore
 from pixi_deploy.testing.channel import build_channel, demo_specs, lock_workspace, with_bumped
 from pixi_deploy.transport import SSHSettings, Transport
@@ -361,28 +361,9 @@ def test_connection_cut_mid_upload_resumes(
     build_channel(tmp_path / "ch", specs)
     lock_workspace(tmp_path / "ws", tmp_path / "ch", {"default": ["bulk"]}, ["linux-64"])
 
-    class CutOnce(NullReporter):
-        cut = False
-
-        def task(self, description, total):  # type: ignore[override]
-            from contextlib import contextmanager
-
-            @contextmanager
-            def ctx():
-                seen = [0]
-
-                def advance(n: int) -> None:
-                    seen[0] += n
-                    if description == "upload" and not self.cut and total and seen[0] > total // 3:
-                        self.cut = True
-                        subprocess.run(["pkill", "-KILL", "-f", "sshd: pdtest"], check=False)
-
-                yield advance
-
-            return ctx()
-
-    reporter = CutOnce()
     with Transport(settings) as t:
+        # only this test's connection is cut: other users of the shared sshd keep theirs
+        reporter = CutReporter(t, after_fraction=1 / 3)
         metadata = RemoteStore(t, base).deploy(
             load_workspace(tmp_path / "ws"), cache=DownloadCache(tmp_path / "c"), reporter=reporter
         )

@@ -154,6 +154,17 @@ def test_reconnects_after_connection_drop(transport: Transport) -> None:
     assert transport.stats.connections_opened == 2
 
 
+def test_local_port_names_this_connection(key_settings: SSHSettings) -> None:
+    """What tests (and a user reading sshd's logs) tell this connection apart by; the server
+    sees it as the peer port of the sshd process serving it."""
+    with Transport(key_settings) as t:
+        assert t.local_port is None  # nothing opened yet
+        seen = t.run(["sh", "-c", 'echo "$SSH_CONNECTION"']).stdout.split()
+        assert t.local_port == int(seen[1])  # SSH_CONNECTION: client ip, client port, ...
+        t.disconnect()
+        assert t.local_port is None
+
+
 def test_reconnect_fails_cleanly_when_server_is_gone(key_settings: SSHSettings) -> None:
     port = free_port()
     t = Transport(key_settings.with_changes(port=port, connect_timeout=1))

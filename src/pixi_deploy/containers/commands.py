@@ -29,6 +29,8 @@ from pixi_deploy.containers.common import (
 )
 from pixi_deploy.containers.dockerfile import write_dockerfile
 from pixi_deploy.containers.image import (
+    BASE_VARIABLE,
+    DEFAULT_BASE,
     OUTPUTS,
     ImageOptions,
     ImageResult,
@@ -305,12 +307,14 @@ def image(
         Path | None, typer.Option("--pack", help="Build from this pack file instead of the lock")
     ] = None,
     base: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--base",
-            help="scratch, an OCI layout DIR[:TAG], an oci-archive FILE[:TAG] or a registry image",
+            help="A registry image, an OCI layout DIR[:TAG], an oci-archive FILE[:TAG], or "
+            f"scratch (no libc: the environment cannot run) [default: {DEFAULT_BASE}, or "
+            f"${BASE_VARIABLE}]",
         ),
-    ] = "scratch",
+    ] = None,
     output: Annotated[
         str | None,
         typer.Option("--output", help=f"{' | '.join(OUTPUTS)} [default: oci-dir unless --push]"),
@@ -376,6 +380,8 @@ def image(
         reporter=reporter,
     )
     if json_:
+        for note in result.notes:  # stdout holds only the JSON
+            stderr.print(f"[yellow]warning:[/] {note}")
         stdout.print_json(json.dumps(result.to_json()))
         return
     reused = sum(1 for layer in result.layers if layer.cached)

@@ -14,6 +14,7 @@ package: the same archive gives the same layer digest in every build, and layers
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,6 +61,23 @@ OUTPUTS = ("oci-dir", "oci-archive", "docker-archive")
 SUFFIXES = {"oci-dir": ".oci", "oci-archive": ".oci.tar", "docker-archive": ".docker.tar"}
 COMPRESSIONS = ("gzip", "none")
 ENTRYPOINT = "/app/entrypoint.sh"
+#: The default base: a glibc distribution (Ubuntu noble, glibc 2.39, as the lesson's recipe),
+#: so that the image runs the environment's programs; pulled with the user's registry auth.
+#: A site whose machines cannot reach Docker Hub names its own copy in `BASE_VARIABLE`.
+DEFAULT_BASE = "docker.io/library/ubuntu:24.04"
+BASE_VARIABLE = "PIXI_DEPLOY_IMAGE_BASE"
+SCRATCH_WARNING = (
+    "--base scratch: the image has no libc and no dynamic loader, so the environment's "
+    f"programs cannot run in it; drop --base for the default ({DEFAULT_BASE}) or give a base "
+    "with glibc"
+)
+
+
+def default_base() -> str:
+    """The base image when none is given: ``$PIXI_DEPLOY_IMAGE_BASE``, else `DEFAULT_BASE`."""
+    return os.environ.get(BASE_VARIABLE, "").strip() or DEFAULT_BASE
+
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -67,8 +85,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 class ImageOptions:
     tag: str
     """NAME:TAG; with ``push`` the NAME says where (``ghcr.io/org/app:1.0``)."""
-    base: str = "scratch"
-    """``scratch``, an OCI layout folder ``DIR[:TAG]`` / ``oci:DIR[:TAG]``, an oci-archive
+    base: str | None = None
+    """None: a glibc distribution image (`default_base`); ``scratch`` (no libc: warned),
+    an OCI layout folder ``DIR[:TAG]`` / ``oci:DIR[:TAG]``, an oci-archive
     ``FILE[:TAG]`` / ``oci-archive:FILE[:TAG]``, or a registry reference (``docker://`` optional)."""
     output: str | None = None
     """oci-dir, oci-archive or docker-archive; default oci-dir unless pushing."""
@@ -158,6 +177,7 @@ def build_image(
         sha256={a.filename: a.sha256 for a in artifacts},
         wheels=[p for a, p in cached.items() if a.kind == "pypi"],
         activation=resolved.activation,
+        needs=tuple(resolved.virtual_packages),
         verify=True,  # the cache may have changed since the files were fetched
     )
     return _build(source, options, cache, reporter)
@@ -193,6 +213,7 @@ def build_image_from_pack(
             sha256={Path(f.path).name: f.sha256 for f in metadata.files},
             wheels=[_copied(files[f.path]) for f in metadata.files if f.kind == "pypi"],
             activation=ManifestActivation.from_pack_extra(metadata.extra),
+            needs=tuple(metadata.virtual_packages),
         )
         return _build(source, options, cache, reporter)
 
@@ -248,13 +269,14 @@ def _build(
     prefix = PurePosixPath(options.prefix or f"/app/.pixi/envs/{source.environment}")
     store = BlobStore(cache.root / "oci" / "blobs")
     epoch = source_date_epoch()
+    base = options.base or default_base()
     with _work(cache) as work:
         base_manifest, base_config, base_name = load_base(
-            options.base, source.platform, store, work, options.insecure_registry
+            base, source.platform, store, work, options.insecure_registry
         )
         if base_config.get("architecture", arch) != arch:
             raise ContainerError(
-                f"the base image {options.base} is {base_config.get('architecture')}, "
+                f"the base image {base} is {base_config.get('architecture')}, "
                 f"the environment is {source.platform} ({arch})",
                 "pick a base image for the target platform",
             )
@@ -280,6 +302,7 @@ def _build(
                 cache_dir=work / "rattler",  # this build's own: nothing shared with the cache
                 environment=source.environment,
                 activation=source.activation,
+                needs=source.needs,
                 direct=True,
             )
         finally:
@@ -301,6 +324,7 @@ def _build(
     notes: list[str] = []
     entrypoint = [ENTRYPOINT]
     if base_name is None:
+        notes.append(SCRATCH_WARNING)
         if has_shell:
             entrypoint = [f"{prefix}/bin/{has_shell[0]}", ENTRYPOINT]
         else:

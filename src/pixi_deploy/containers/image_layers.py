@@ -59,6 +59,7 @@ class LayerSource:
     sha256: dict[str, str]  # archive/wheel file name -> sha256
     wheels: list[Path]
     activation: ManifestActivation | None = None  # the manifest's part of activate.sh
+    needs: tuple[str, ...] = ()  # the lock's virtual packages, checked by activate.sh
     verify: bool = False  # check each archive against ``sha256`` where it is used (a cache)
 
 
@@ -72,8 +73,15 @@ def load_base(
     kind, path_text, tag = _base_kind(text)
     if kind == "registry":
         ref = parse_reference(path_text)
-        creds = find_credentials(ref.registry, None)
-        manifest, config = pull_base(ref, store, platform, creds, insecure=insecure)
+        creds = find_credentials(ref.registry, None)  # the user's registry auth, as for push
+        try:
+            manifest, config = pull_base(ref, store, platform, creds, insecure=insecure)
+        except ContainerError as error:
+            raise ContainerError(
+                f"cannot pull the base image {ref}: {error.message}",
+                "pass --base with an image you can pull, or a local OCI layout or archive "
+                "(docker/skopeo can save one)",
+            ) from error
         return manifest, config, str(ref)
     folder = Path(path_text)
     if kind == "oci-archive":

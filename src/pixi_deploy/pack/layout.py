@@ -79,6 +79,7 @@ def lay_out_environment(
             defer_payloads=defer_payloads,
             on_deferred=on_deferred,
             activation=resolved.activation,
+            needs=resolved.virtual_packages,
         )
     finally:
         shutil.rmtree(rattler_cache, ignore_errors=True)
@@ -118,6 +119,7 @@ def lay_out_prefix(
     defer_payloads: bool = False,
     on_deferred: Callable[[DeferredPayload], object] | None = None,
     activation: ManifestActivation | None = None,
+    needs: Sequence[str] = (),
     installed: DirectResult | None = None,
 ) -> list[DeferredPayload]:
     """Install into ``staging`` an environment meant to live at ``final``.
@@ -130,8 +132,10 @@ def lay_out_prefix(
     ``defer_payloads`` leaves out the bulk of what it can and says where it is (the remote
     store ships those payloads as they are, and the cluster extracts them); ``on_deferred`` is
     told of each such payload as soon as it is known. ``activation`` is the manifest's part of
-    ``activate.sh`` (`pixi_deploy.activation`). ``installed``: what the direct installer
-    already wrote into ``staging`` (`pack.direct.StreamedDirect`); only the rest is installed.
+    ``activate.sh`` (`pixi_deploy.activation`); ``needs`` the lock's virtual packages, which
+    ``activate.sh`` checks on the machine it runs on (a job's compute node). ``installed``: what
+    the direct installer already wrote into ``staging`` (`pack.direct.StreamedDirect`); only the
+    rest is installed.
     """
     check_environment_path(final)
     missing = [r.file_name for r in records if r.file_name not in archives]
@@ -185,7 +189,7 @@ def lay_out_prefix(
     # rattler tags the prefix as a cache folder; backup tools honouring CACHEDIR.TAG (borg,
     # restic, `tar --exclude-caches`) would then skip a deployed environment entirely.
     (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
-    write_activate_script(staging, final, environment, platform, activation)
+    write_activate_script(staging, final, environment, platform, activation, needs)
     return deferred
 
 

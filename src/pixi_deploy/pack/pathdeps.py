@@ -37,6 +37,7 @@ from pixi_deploy.pack.archives import ArchiveSlice
 from pixi_deploy.pack.confined import extract_tar
 from pixi_deploy.pack.fetch import Artifact, DownloadCache
 from pixi_deploy.progress import NullReporter, Reporter
+from pixi_deploy.scratch import scratch_folder
 from pixi_deploy.workspace import PypiPackage, ResolvedEnvironment, current_platform
 
 #: 1980-01-01, the earliest time a zip entry can carry: builders honouring SOURCE_DATE_EPOCH
@@ -219,8 +220,8 @@ def _cached_or_built(
             return wheel
     reporter.step(f"building a wheel of {package.name}")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}.build-"))
-    try:
+    # armed before it exists, and removed by a later build if this one is killed
+    with scratch_folder(folder.parent, f".{key}.build-") as work:
         wheel = build(work / "out")
         staged = work / "entry"
         staged.mkdir()
@@ -234,8 +235,6 @@ def _cached_or_built(
                 raise
             name = json.loads(done.read_text()).get("wheel", wheel.name)
             return folder / name
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return folder / wheel.name
 
 

@@ -8,7 +8,10 @@ that contains it (offset, length, number of occurrences: rewritten in place with
 with NULs to its old length, as conda does). The tree goes into a tar appended to
 ``selfextract.sh``; the script checks its own header and the payload's length and ``cksum``
 (and sha256 when ``sha256sum`` exists) before it writes anything, unpacks into a staging folder
-beside the target, relocates, and renames into place.
+beside the target, relocates, and renames into place. Before any of that it runs the same shell
+check a job runs on its compute node (`pixi_deploy.target.shell_check`: glibc, CUDA driver,
+``CONDA_OVERRIDE_GLIBC`` / ``CONDA_OVERRIDE_CUDA``), and after relocating it makes the conda-meta
+records true for the target (`pack.selfextract_meta`), as py-rattler's install would write them.
 
 The header's checksum (on its last line) catches a damaged or carelessly edited script, not a
 deliberate one: whoever edits the script can edit its checksum too. What proves an installer is
@@ -27,7 +30,6 @@ import re
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -37,7 +39,10 @@ from pixi_deploy.errors import PackError, store_error_from_os
 from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import lay_out_environment
 from pixi_deploy.pack.placeholders import find_placeholder
+from pixi_deploy.pack.selfextract_meta import tokenise_records
 from pixi_deploy.progress import NullReporter, Reporter
+from pixi_deploy.scratch import scratch_folder
+from pixi_deploy.target import shell_check
 from pixi_deploy.workspace import ResolvedEnvironment, file_name_part
 
 #: Longest target path the script accepts. Must not exceed any package's binary placeholder
@@ -82,9 +87,20 @@ def write_self_extracting(
     output = Path(output or default_self_extract_name(resolved)).absolute()
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.work-"))
+        # armed before it exists, and removed by the next run if this one is killed
+        with scratch_folder(output.parent, f".{output.name}.work-") as work:
+            return _write(resolved, output, work, cache, reporter)
     except OSError as error:
         raise store_error_from_os(error, output.parent) from error
+
+
+def _write(
+    resolved: ResolvedEnvironment,
+    output: Path,
+    work: Path,
+    cache: DownloadCache,
+    reporter: Reporter,
+) -> SelfExtractResult:
     try:
         prefix = work / "prefix"
         lay_out_environment(
@@ -112,8 +128,6 @@ def write_self_extracting(
         raise PackError(
             f"cannot write {output}: {error.strerror or error}", "free space or pick another -o"
         ) from error
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return SelfExtractResult(
         output, output.stat().st_size, payload_size, texts, strings, "sha256:" + whole.hexdigest()
     )
@@ -123,11 +137,13 @@ def write_relocation_list(prefix: Path) -> tuple[int, int]:
     """List what names the placeholder, in the format the script reads; (text files, C strings).
 
     ``T path`` a text file; ``B offset length count path`` a C string in a binary file;
-    ``L path`` + next line the link target, for symbolic links.
+    ``L path`` + next line the link target, for symbolic links; then the ``F`` / ``J`` lines
+    that make the conda-meta records true for the target (`pack.selfextract_meta`).
     """
     needle = PLACEHOLDER.encode()
     lines: list[str] = []
-    seen: set[tuple[int, int]] = set()
+    inodes: dict[tuple[int, int], tuple[int, int, int] | None] = {}
+    relocated: dict[str, tuple[int, int, int]] = {}
     texts = strings = 0
     for path in sorted(_walk(prefix)):
         rel = path.relative_to(prefix).as_posix()
@@ -141,19 +157,26 @@ def write_relocation_list(prefix: Path) -> tuple[int, int]:
                 lines += [f"L {rel}", link]
             continue
         stat = path.stat()
-        if (stat.st_dev, stat.st_ino) in seen:
-            continue  # a hard link: relocating the first name relocates them all
-        seen.add((stat.st_dev, stat.st_ino))
+        inode = (stat.st_dev, stat.st_ino)
+        if inode in inodes:  # a hard link: relocating the first name relocates them all
+            if (known := inodes[inode]) is not None:
+                relocated[rel] = known
+            continue
+        inodes[inode] = None
         found = find_placeholder(path, needle)  # in chunks: a 2 GB library is not read whole
         if found is None:
             continue
         if not found.binary:
             lines.append(f"T {rel}")
             texts += 1
+            occurrences = sum(count for _, _, count in found.strings)
+            inodes[inode] = relocated[rel] = (len(relocated), stat.st_size, occurrences)
             continue
+        inodes[inode] = relocated[rel] = (len(relocated), stat.st_size, 0)
         for position, length, count in found.strings:
             lines.append(f"B {position} {length} {count} {rel}")
             strings += 1
+    lines += tokenise_records(prefix, relocated)
     (prefix / RELOCATE_NAME).write_text("".join(line + "\n" for line in lines))
     return texts, strings
 
@@ -204,6 +227,12 @@ def _header(resolved: ResolvedEnvironment, script_name: str, payload: Path) -> b
         "PAYLOAD_CKSUM": str(crc),
         "PAYLOAD_SHA256": sha,
         "PLACEHOLDER": PLACEHOLDER,
+        "TARGET_CHECK": shell_check(
+            resolved.virtual_packages,
+            resolved.name,
+            hint="nothing was installed; CONDA_OVERRIDE_GLIBC / CONDA_OVERRIDE_CUDA override the "
+            "detection",
+        ),
         "PLACEHOLDER_LENGTH": str(len(PLACEHOLDER)),
         "DEFAULT_NAME": file_name_part(
             f"{resolved.workspace.name}-{resolved.name}-{resolved.short_hash}"

@@ -102,6 +102,13 @@ if [ "$check_only" = 1 ]; then
     exit 0
 fi
 
+# -- can this machine run the environment? (glibc, CUDA driver; nothing written yet) -------
+target_ok() {
+@@TARGET_CHECK@@
+:
+}
+target_ok || exit $?
+
 # -- where to install --------------------------------------------------------------------
 [ -n "$target" ] || target="$here/$DEFAULT_NAME"
 case $target in
@@ -147,6 +154,11 @@ escaped=$(printf '%s\n' "$target" | sed 's/[\\|&]/\\&/g')
 shrink=$((PLACEHOLDER_LENGTH - ${#target}))
 tmp="$stage/.pixi-deploy-tmp"
 
+if command -v sha256sum >/dev/null 2>&1; then hasher=sha256sum
+elif command -v shasum >/dev/null 2>&1; then hasher="shasum -a 256"
+else hasher=; fi
+: > "$tmp.sed" || die "cannot write into $stage (disk full?)" 5
+
 writable() {
     if [ ! -w "$1" ]; then chmod u+w "$1" || return 1; restore=1; else restore=0; fi
 }
@@ -183,11 +195,36 @@ while IFS= read -r line; do
             link=$(printf '%s\n' "$link" | sed "s|$PLACEHOLDER|$escaped|g")
             ln -sfn "$link" "$stage/$rest" || die "relocating link $rest failed" 5
             ;;
+        F)  # a relocated file's conda-meta size and sha256: N SIZE OCCURRENCES PATH
+            n=${rest%% *}; rest=${rest#* }
+            size=${rest%% *}; rest=${rest#* }
+            occurrences=${rest%% *}; rest=${rest#* }
+            printf 's|"@pdsx-size-%s@"|%s|g\n' "$n" $((size - occurrences * shrink)) >> "$tmp.sed"
+            if [ -n "$hasher" ]; then
+                got=$($hasher < "$stage/$rest") || die "cannot read $rest" 5
+                set -- $got
+                printf 's|"@pdsx-sha-%s@"|"%s"|g\n' "$n" "$1" >> "$tmp.sed"
+            else  # no tool to hash with: the record leaves the value out rather than lie
+                printf 's|, "sha256_in_prefix": "@pdsx-sha-%s@"||g\n' "$n" >> "$tmp.sed"
+                printf 's|"sha256_in_prefix": "@pdsx-sha-%s@", ||g\n' "$n" >> "$tmp.sed"
+                no_hash=1
+            fi
+            ;;
+        J)  # a conda-meta record whose tokens the F lines above fill in
+            f="$stage/$rest"
+            sed -f "$tmp.sed" "$f" > "$tmp" || die "rewriting $rest failed" 5
+            writable "$f" || die "cannot write $rest" 5
+            cat "$tmp" > "$f" || die "rewriting $rest failed (disk full?)" 5
+            [ "$restore" = 0 ] || chmod u-w "$f"
+            ;;
         '') ;;
         *) die "the relocation list is damaged" 5 ;;
     esac
 done < "$stage/$RELOCATE"
-rm -f "$tmp" "$tmp.2" "$stage/$RELOCATE"
+rm -f "$tmp" "$tmp.2" "$tmp.sed" "$stage/$RELOCATE"
+if [ "${no_hash:-0}" = 1 ]; then
+    echo "note: no sha256sum or shasum here: conda-meta leaves out sha256_in_prefix of relocated files" >&2
+fi
 
 # -- publish in one step -------------------------------------------------------------------
 if [ -d "$target" ]; then

@@ -138,6 +138,7 @@ def lay_out(
             environment=metadata.environment,
             direct=True,
             activation=ManifestActivation.from_pack_extra(metadata.extra),
+            needs=metadata.virtual_packages,
             installed=installed,
         )
     except OSError as error:

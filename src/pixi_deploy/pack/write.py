@@ -32,6 +32,7 @@ from pixi_deploy.pack.format import (
     digest_of,
 )
 from pixi_deploy.progress import NullReporter, Reporter
+from pixi_deploy.scratch import discarded_on_exit
 from pixi_deploy.tarwriter import TarWriter
 from pixi_deploy.workspace import ResolvedEnvironment, file_name_part
 
@@ -78,41 +79,56 @@ def write_pack(
 
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial_name = tempfile.mkstemp(
-            dir=output.parent, prefix=f".{output.name}.", suffix=".partial"
-        )
-        os.fchmod(fd, 0o666 & ~_umask())
     except OSError as error:
         raise store_error_from_os(error, output.parent) from error
-    partial = Path(partial_name)
     try:
-        with os.fdopen(fd, "wb") as raw:
-            reporter.step(
-                f"writing {len(artifacts)} archives ({_mb(metadata.payload_bytes)}) to {output.name}"
-            )
-            with reporter.task("pack", metadata.payload_bytes) as advance:
-                if compression == "zstd":
-                    params = zstandard.ZstdCompressionParameters.from_level(
-                        zstd_level, threads=_threads(), job_size=ZSTD_JOB_SIZE
-                    )
-                    compressor = zstandard.ZstdCompressor(compression_params=params)
-                    with compressor.stream_writer(raw, closefd=False) as zout:
-                        digest = _write_members(
-                            zout, metadata, lock_bytes, artifacts, cached, False, advance, cache
+        # the partial file's removal is armed before it exists: a signal cannot fall between
+        with discarded_on_exit(lambda: _new_partial(output), _discard_partial) as (fd, partial):
+            with os.fdopen(fd, "wb") as raw:
+                reporter.step(
+                    f"writing {len(artifacts)} archives ({_mb(metadata.payload_bytes)}) "
+                    f"to {output.name}"
+                )
+                with reporter.task("pack", metadata.payload_bytes) as advance:
+                    if compression == "zstd":
+                        params = zstandard.ZstdCompressionParameters.from_level(
+                            zstd_level, threads=_threads(), job_size=ZSTD_JOB_SIZE
                         )
-                else:
-                    digest = _write_members(
-                        raw, metadata, lock_bytes, artifacts, cached, True, advance, cache
-                    )
-            raw.flush()  # no fsync: like tar and conda-pack; the rename below is what is atomic
-        os.replace(partial, output)
+                        compressor = zstandard.ZstdCompressor(compression_params=params)
+                        with compressor.stream_writer(raw, closefd=False) as zout:
+                            digest = _write_members(
+                                zout, metadata, lock_bytes, artifacts, cached, False, advance, cache
+                            )
+                    else:
+                        digest = _write_members(
+                            raw, metadata, lock_bytes, artifacts, cached, True, advance, cache
+                        )
+                raw.flush()  # no fsync: like tar and conda-pack; the rename is what is atomic
+            os.replace(partial, output)
     except OSError as error:
         raise PackError(
             f"cannot write {output}: {error.strerror}", "free space or pick another -o"
         ) from error
-    finally:
-        partial.unlink(missing_ok=True)
     return PackResult(output, metadata, output.stat().st_size, digest)
+
+
+def _new_partial(output: Path) -> tuple[int, Path]:
+    """An empty ``.NAME.*.partial`` beside ``output`` (open, with the mode the pack will have)."""
+    try:
+        fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
+    except OSError as error:
+        raise store_error_from_os(error, output.parent) from error
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except OSError as error:
+        os.close(fd)
+        Path(name).unlink(missing_ok=True)
+        raise store_error_from_os(error, output.parent) from error
+    return fd, Path(name)
+
+
+def _discard_partial(made: tuple[int, Path]) -> None:
+    made[1].unlink(missing_ok=True)  # gone already once renamed into place
 
 
 def build_metadata(resolved: ResolvedEnvironment, artifacts: list[Artifact]) -> PackMetadata:

@@ -9,17 +9,19 @@ interval, not 100.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
 
 from pixi_deploy.code.checkout import MISSING_MARK, CodeSnapshotMissing
 from pixi_deploy.errors import SchedulerError, TransportError
+from pixi_deploy.target import UNMET_STATUS
 from pixi_deploy.transport import RemoteCommandError, Transport
 
 from . import remote, script, states
 from .job import Job
-from .spec import JobSpec, JobStatus
+from .spec import JobSpec, JobStatus, unmet_target_line
 
 
 class SlurmClient:
@@ -135,6 +137,22 @@ class SlurmClient:
 
     def status(self, job_id: str) -> JobStatus:
         return self.states([job_id]).get(job_id) or states.unknown(job_id)
+
+    def explained(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """`states`, where a job that ended because its node cannot run the environment
+        (activate.sh's check, exit status `UNMET_STATUS`) has the check's line as its reason:
+        what ``pixi-deploy status`` shows. One more round trip per such job (its log)."""
+        found = self.states(job_ids)
+        for job_id, status in found.items():
+            if status.state != "FAILED" or status.exit_code != UNMET_STATUS:
+                continue
+            try:
+                line = unmet_target_line(self.job(job_id).logs()[1])
+            except SchedulerError:  # not one of ours (no run folder): Slurm's reason stays
+                continue
+            if line:
+                found[job_id] = dataclasses.replace(status, reason=line)
+        return found
 
     def failed_nodes(self, nodes: str) -> str:
         """Which of ``nodes`` (a hostlist) are down or not responding now, with Slurm's

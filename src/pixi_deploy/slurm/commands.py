@@ -202,7 +202,7 @@ def status(
     json_: JsonOpt = False,
 ) -> None:
     """Show the state of jobs (one squeue for all; sacct/scontrol for ended ones)."""
-    found = _client().states(job_ids)
+    found = _client().explained(job_ids)
     rows = []
     for job_id in job_ids:
         s = found.get(job_id)

@@ -21,6 +21,7 @@ from pixi_deploy.code.checkout import no_code_shell
 from pixi_deploy.errors import SchedulerError
 from pixi_deploy.launchers import BashLauncher
 from pixi_deploy.store.image import MOUNT_AND_RUN
+from pixi_deploy.target import UNMET_STATUS
 from pixi_deploy.transport import quoting
 
 from .spec import JobSpec
@@ -54,7 +55,11 @@ if [ -n "$__pd_env" ]; then
   fi
   [ -f "$__pd_real/activate.sh" ] || __pd_fail \
     "the environment $__pd_env does not exist on the cluster (pruned or never deployed); deploy it again"
-  . "$__pd_real/activate.sh" || __pd_fail "the environment $__pd_env could not be activated"
+  # activate.sh checks this node first (glibc, CUDA driver): on a node that cannot run the
+  # environment it has said why in one line, and the job ends with that status
+  . "$__pd_real/activate.sh"; __pd_status=$?
+  [ "$__pd_status" != {unmet} ] || exit {unmet}
+  [ "$__pd_status" = 0 ] || __pd_fail "the environment $__pd_env could not be activated"
   export PIXI_DEPLOY_ENVIRONMENT="$__pd_real"
 fi
 {cd}"""
@@ -110,6 +115,7 @@ def preamble(spec: JobSpec, run_dir: str, *, keep_secrets: bool = False) -> str:
     text = _PREAMBLE.format(
         run_dir=quoting.quote(run_dir),
         status=ENV_MISSING_STATUS,
+        unmet=UNMET_STATUS,
         secrets=SECRETS_FILE,
         image=_IMAGE.format(env_path=env_path, mount=quoting.quote(MOUNT_AND_RUN))
         if spec.environment_path

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pixi_deploy.errors import SchedulerError
+from pixi_deploy.target import UNMET_STATUS
 
 if TYPE_CHECKING:
     from pixi_deploy.code.checkout import CodeCheckout
@@ -270,6 +271,11 @@ class JobResult:
             return f"{jid} missed its deadline; resubmit it with a later --deadline"
         if self.signal:
             return f"{jid} was killed by signal {self.signal}{detail}"
+        if unmet_target(self):
+            return (
+                f"{jid} failed before its command ran: {self.reason}; submit it to nodes that "
+                "provide this (partition, --constraint), or lock the environment for them"
+            )
         code = self.exit_code if self.exit_code is not None else "unknown"
         return f"{jid} failed with exit code {code}{detail}"
 
@@ -282,6 +288,21 @@ class JobResult:
         """Raise SchedulerError (exit code 8) unless the job completed with exit code 0."""
         if not self.ok:
             raise SchedulerError(self.message())
+
+
+def unmet_target(result: JobResult) -> bool:
+    """Did the job end because its node cannot run the environment (activate.sh's check)?
+    `states.to_result` then puts the check's line into ``reason``."""
+    return result.exit_code == UNMET_STATUS and " cannot run environment " in result.reason
+
+
+def unmet_target_line(stderr: str) -> str:
+    """The shell check's one line (`pixi_deploy.target.shell_check`) in a job's stderr, without
+    its ``pixi-deploy:`` mark; "" when there is none."""
+    for line in reversed(stderr.strip().splitlines()):
+        if line.startswith("pixi-deploy: ") and " cannot run environment " in line:
+            return _last_line(line.removeprefix("pixi-deploy: "), 300)
+    return ""
 
 
 def _last_line(text: str, limit: int = 200) -> str:

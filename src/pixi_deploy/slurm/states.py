@@ -12,7 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from .spec import FINAL_STATES, JobResult, JobStatus
+from pixi_deploy.target import UNMET_STATUS
+
+from .spec import FINAL_STATES, JobResult, JobStatus, unmet_target_line
 
 SQUEUE_FORMAT = "%i|%T|%r|%N"
 SACCT_FIELDS = "JobID,State,ExitCode,Reason,NodeList"
@@ -183,12 +185,15 @@ def to_result(
         and _OOM_TEXT.search(stderr)
     ):
         state = "OUT_OF_MEMORY"
+    reason = status.reason
+    if state == "FAILED" and status.exit_code == UNMET_STATUS:
+        reason = unmet_target_line(stderr) or reason  # the node's check said why, in one line
     return JobResult(
         job_id=status.job_id,
         state=state,
         exit_code=status.exit_code,
         signal=status.signal,
-        reason=status.reason,
+        reason=reason,
         stdout_tail=stdout,
         stderr_tail=stderr,
         mem=mem,

@@ -21,6 +21,7 @@ from typing import Any
 
 import zstandard
 
+from pixi_deploy.scratch import discarded_on_exit
 from pixi_deploy.store.groups import Plan
 from pixi_deploy.tarwriter import TarWriter
 
@@ -60,8 +61,10 @@ def stream_bundle(
 def _with_gnu_tar(
     out: Any, prefix: Path, plan: Plan, missing: set[str], advance: Callable[[int], None]
 ) -> None:
-    tree = Path(tempfile.mkdtemp(prefix="bundle-", dir=prefix.parent))
-    try:
+    with discarded_on_exit(  # armed before the tree exists (its parent is a scratch folder)
+        lambda: Path(tempfile.mkdtemp(prefix="bundle-", dir=prefix.parent)),
+        lambda tree: shutil.rmtree(tree, ignore_errors=True),
+    ) as tree:
         _link_tree(tree, prefix, plan, missing)
         members = [m for m in ("groups", "env") if (tree / m).exists()]
         command = [
@@ -83,8 +86,6 @@ def _with_gnu_tar(
                 errors.seek(0)
                 detail = errors.read().decode(errors="replace").strip().splitlines()[-1:]
                 raise OSError(f"tar failed: {detail[0] if detail else status}")
-    finally:
-        shutil.rmtree(tree, ignore_errors=True)
 
 
 def _link_tree(tree: Path, prefix: Path, plan: Plan, missing: set[str]) -> None:

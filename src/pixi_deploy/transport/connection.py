@@ -75,6 +75,13 @@ class Transport:
         """A snapshot of the counters (connections opened, commands run, bytes uploaded)."""
         return replace(self._session.stats)
 
+    @property
+    def local_port(self) -> int | None:
+        """The local TCP port of the open connection (None when none is open): what tells this
+        connection apart from others to the same server, in ``ss`` or in the server's logs.
+        A plain read, safe from any thread (progress callbacks run on the loop thread)."""
+        return self._session.local_port
+
     def connect(self) -> None:
         """Open the connection now (it is otherwise opened by the first call)."""
         self._call(self._session.connection())

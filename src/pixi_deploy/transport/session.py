@@ -88,6 +88,15 @@ class Session:
     def where(self) -> str:
         return self.settings.destination
 
+    @property
+    def local_port(self) -> int | None:
+        """The local TCP port of the open connection; None when none is open."""
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            return None
+        sockname = conn.get_extra_info("sockname")
+        return int(sockname[1]) if sockname else None
+
     def _lost(self) -> None:
         """Forget the connection and its SFTP channel (a closed one is noticed by
         ``is_closed()`` in :meth:`connection`)."""
