@@ -144,12 +144,14 @@ class DownloadCache:
         if missing:
             total = sum(a.size or 0 for a in missing) or None
             reporter.step(f"fetching {len(missing)} of {len(wanted)} packages into {self.root}")
-            with (
-                reporter.task("download", total) as advance,
-                ThreadPoolExecutor(PARALLEL_DOWNLOADS) as pool,
-            ):
-                for future in [pool.submit(self._fetch, a, advance) for a in missing]:
-                    future.result()
+            with reporter.task("download", total) as advance:
+                pool = ThreadPoolExecutor(PARALLEL_DOWNLOADS)
+                try:
+                    for future in [pool.submit(self._fetch, a, advance) for a in missing]:
+                        future.result()
+                finally:
+                    # on an error or Ctrl-C the queued downloads are dropped, not run first
+                    pool.shutdown(wait=True, cancel_futures=True)
         return {a: self.path_for(a) for a in wanted}
 
     def _present(self, artifact: Artifact) -> bool:

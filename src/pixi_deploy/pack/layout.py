@@ -36,6 +36,7 @@ from pixi_deploy.pack.direct import DeferredPayload, DirectResult, install_direc
 from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
 from pixi_deploy.pack.guard import check_for_rattler, check_symlinks, harden_modes
 from pixi_deploy.progress import Reporter
+from pixi_deploy.scratch import discarded_on_exit
 from pixi_deploy.workspace import ResolvedEnvironment
 
 # no ':' either: it would split PATH (and other path lists) when the environment is activated
@@ -63,8 +64,11 @@ def lay_out_environment(
     cached = cache.fetch_all(artifacts, reporter)
     reporter.step(f"laying out {len(artifacts)} packages for {final} ({resolved.platform})")
     archives = {a.filename: ArchiveSlice.of_file(cached[a], a.sha256) for a in artifacts}
-    rattler_cache = staging.with_name(staging.name + ".rattler")
-    try:
+    # removed whatever ends the block, a signal during the removal included (it waits)
+    with discarded_on_exit(
+        lambda: staging.with_name(staging.name + ".rattler"),
+        lambda folder: shutil.rmtree(folder, ignore_errors=True),
+    ) as rattler_cache:
         return lay_out_prefix(
             list(resolved.conda_records),
             {a.filename: archives[a.filename] for a in artifacts if a.kind == "conda"},
@@ -81,8 +85,6 @@ def lay_out_environment(
             activation=resolved.activation,
             needs=resolved.virtual_packages,
         )
-    finally:
-        shutil.rmtree(rattler_cache, ignore_errors=True)
 
 
 def check_environment_path(path: str | Path) -> str:

@@ -43,11 +43,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, Pipe, wait
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import rattler
 import zstandard
 
+from pixi_deploy import interrupts
 from pixi_deploy.errors import PackError
 from pixi_deploy.pack.archives import Archive, check_digest, open_archive, open_range
 from pixi_deploy.pack.confined import UnsafeMember
@@ -253,26 +254,37 @@ class _InlineWorker(_Worker):
         self._results.clear()
 
 
+def _child(
+    ours: Connection, theirs: Connection, sha256: Any, die_with: Callable[[], None], parent: int
+) -> NoReturn:
+    """A forked writer's life: signals as a plain Python process has them, then serve."""
+    status = 1
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        gc.freeze()  # the parent's objects: never scanned, so their pages stay shared
+        ours.close()
+        die_with()
+        if os.getppid() == parent:  # else the parent is gone already
+            _serve(theirs, sha256)
+        status = 0
+    finally:
+        os._exit(status)
+
+
 class _ForkedWorker(_Worker):
     def __init__(self) -> None:
         ours, theirs = Pipe()
         sha256 = hashlib.sha256()  # copied in the child: see the module's docstring
         die_with = _die_with_parent()  # looked up here: dlopen in the child could deadlock
         parent = os.getpid()
-        with warnings.catch_warnings():
+        # SIGINT/SIGTERM wait while forking: one landing in the fork handlers (logging's) is
+        # printed and dropped by Python, and the deploy would go on as if never interrupted
+        with warnings.catch_warnings(), interrupts.deferred():
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
-        if pid == 0:  # the child: never returns into the caller's code
-            status = 1
-            try:
-                gc.freeze()  # the parent's objects: never scanned, so their pages stay shared
-                ours.close()
-                die_with()
-                if os.getppid() == parent:  # else the parent is gone already
-                    _serve(theirs, sha256)
-                status = 0
-            finally:
-                os._exit(status)
+            if pid == 0:  # the child: never returns into the caller's code (nor the with)
+                _child(ours, theirs, sha256, die_with, parent)
         theirs.close()
         self.pid: int | None = pid
         self.connection: Connection = ours
