@@ -120,6 +120,10 @@ class LocalStore:
     ) -> DeploymentMetadata:
         """Lay out beside the image for the mountpoint's path, squash, publish by renaming."""
         images = Path(self.layout.image(key)).parent
+        try:
+            images.mkdir(exist_ok=True)
+        except OSError as error:
+            raise store_error_from_os(error, images) from error
         for stale in images.glob(f".{key}.staging-*"):  # a killed build's; we hold the lock
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
@@ -163,7 +167,7 @@ class LocalStore:
 
     def _prepare_base(self) -> None:
         try:
-            for sub in ("envs", "locks", "names", "images"):
+            for sub in ("envs", "locks", "names"):  # images/: made by the first image build
                 (self.base / sub).mkdir(parents=True, exist_ok=True)
             with open(self.base / "locks" / ".write-probe", "a"):
                 pass  # fails now, with a clear message, if the base is not writable
