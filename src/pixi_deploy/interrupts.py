@@ -29,14 +29,35 @@ class Terminated(BaseException):
     """SIGTERM, raised where the program is so that every `finally` cleans up (work folders)."""
 
 
+#: The signals the CLI's handlers have raised, in order. Python prints and drops an exception
+#: raised where it cannot propagate (a finalizer, a fork handler), so a loop that waits for a
+#: long time checks here too (`raise_if_interrupted`).
+_received: list[int] = []
+
+
 def raise_terminated(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
     raise Terminated()
 
 
+def raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+    raise KeyboardInterrupt()
+
+
 def install_handlers() -> None:
-    """SIGTERM raises `Terminated` (SIGINT keeps Python's KeyboardInterrupt); main thread only."""
+    """SIGTERM raises `Terminated`, SIGINT KeyboardInterrupt; main thread only."""
     if threading.current_thread() is threading.main_thread():
+        _received.clear()  # a new command (the CLI may run several in one process, as tests do)
         signal.signal(signal.SIGTERM, raise_terminated)
+        signal.signal(signal.SIGINT, raise_keyboard_interrupt)
+
+
+def raise_if_interrupted() -> None:
+    """Raise again a signal whose exception was lost: called by loops that wait on a remote
+    program (which would otherwise go on following it after a Ctrl-C). Main thread only."""
+    if _received and threading.current_thread() is threading.main_thread():
+        raise KeyboardInterrupt() if _received[-1] == signal.SIGINT else Terminated()
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from pixi_deploy import interrupts
 from pixi_deploy.errors import ConfigError, TransportError
 
 from . import quoting, upload
@@ -271,6 +272,7 @@ class LineStream:
         """Yield lines until the end; ``stop``/``timeout`` cancel the remote program."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._ended:
+            interrupts.raise_if_interrupted()
             if (stop is not None and stop.is_set()) or (
                 deadline is not None and time.monotonic() >= deadline
             ):
