@@ -75,6 +75,19 @@ def test_timeout_stops_command(transport: Transport) -> None:
     assert transport.run(["echo", "still fine"]).stdout == "still fine\n"
 
 
+def test_a_program_that_exits_before_reading_its_input_gives_its_status(
+    transport: Transport,
+) -> None:
+    # what a script that refuses early does (exit 96: "the code snapshot is missing"): the
+    # channel may be closed before the input is written, which must not be a broken pipe
+    big = b"x" * (4 << 20)
+    for _ in range(10):
+        result = transport.run_script("echo refused >&2; exit 96", input=big, check=False)
+        assert (result.exit_status, result.stderr.strip()) == (96, "refused")
+    with pytest.raises(RemoteCommandError, match="status 96: refused"):
+        transport.run_script("echo refused >&2; exit 96", input=big)
+
+
 def test_run_script_multiline(transport: Transport) -> None:
     script = 'set -eu\nfor a in "$@"; do\n  printf "<%s>" "$a"\ndone\n'
     assert transport.run_script(script, ["x y", "$(z)"]).stdout == "<x y><$(z)>"

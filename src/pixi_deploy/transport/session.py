@@ -210,7 +210,7 @@ class Session:
         async with self._channels:
             process = await self.retrying(lambda: self.start_process(command, not input))
             try:
-                out, err = await asyncio.wait_for(process.communicate(input), timeout)
+                out, err = await asyncio.wait_for(_communicate(process, input), timeout)
             except TimeoutError:
                 process.close()
                 raise TransportError(
@@ -332,3 +332,17 @@ def describe(argv: Sequence[str], limit: int = 80) -> str:
     """A short, printable form of a command for error messages."""
     text = one_line(" ".join(argv), limit)
     return f"`{text}`"
+
+
+async def _communicate(
+    process: asyncssh.SSHClientProcess[bytes], input: bytes | None
+) -> tuple[bytes, bytes]:
+    """``process.communicate(input)``, except that a program that exits (or closes its stdin)
+    before reading all of its input is reported by its exit status and output, as ``ssh``
+    reports it, not as a broken pipe: a script that refuses early (exit 96, "the code snapshot
+    is missing") does so before it reads the bundle sent to it."""
+    try:
+        return await process.communicate(input)
+    except BrokenPipeError:
+        await process.wait_closed()
+        return process.collect_output()
