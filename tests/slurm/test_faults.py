@@ -91,7 +91,8 @@ def test_a_requeued_job_is_followed_to_its_end_with_attempts_apart(
     assert out0.strip() == f"attempt 0 on {first_node}"  # killed before "finished"
     assert "attempt 0 stderr" in err0 and "attempt 1" not in err0
     assert out1.startswith("attempt 1 on ") and out1.strip().endswith("finished")
-    assert first_node not in out1
+    # (not asserted: that attempt 1 ran elsewhere. Slurm may run it on the crashed node again
+    # once that is back, as when another session's `test-cluster start` resumes it)
     assert err1.strip() == "attempt 1 stderr"
     assert result.stdout_tail.strip().endswith("finished")
 
