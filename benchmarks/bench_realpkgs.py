@@ -3,7 +3,9 @@
 noarch: python packages), next to the synthetic one of bench_pack / bench_deploy: `unpack`
 against ``tar -x`` of the same installed tree, and a cold `deploy --target ssh` (both paths:
 laid out here, and raw payloads unpacked on the cluster) against ``tar -c | ssh host tar -x``
-of that tree.
+of that tree. A third row puts `unpack` next to py-rattler's own install of the same lock (from
+the local channel into a fresh package cache: extract, then link), the reference every install
+path must match file by file.
 
 Each pair is interleaved round by round, every timed run after `bench_pack.settle`; nothing is
 deleted before the end. The environment is small (a few MB of archives), so fixed costs (the
@@ -37,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from helpers.realpkgs import NATIVE, NOARCH_PYTHON, real_workspace  # noqa: E402
+from helpers.reference import reference_install  # noqa: E402
 from pixi_deploy.pack import DownloadCache, artifacts_of, unpack, write_pack  # noqa: E402
 from pixi_deploy.workspace import load_workspace  # noqa: E402
 
@@ -112,6 +115,14 @@ def main() -> int:
 
         cand, floor = pairs(our_unpack, tar_x, (pack, tree_tar), args.repeat)
         rows.append(summary("unpack / tar -x", cand, floor))
+        archives = tuple(cache.path_for(a) for a in artifacts_of(resolved))
+
+        def rattler_install() -> None:  # from the local channel, into a fresh package cache
+            i = next(n)
+            reference_install(resolved.conda_records, out / f"r{i}", out / f"rc{i}")
+
+        cand, floor = pairs(our_unpack, rattler_install, (pack, *archives), args.repeat)
+        rows.append(summary("unpack / py-rattler install of the same lock", cand, floor))
         files = sum(1 for p in installed.rglob("*") if not p.is_dir())
         size = sum(p.stat().st_size for p in installed.rglob("*") if p.is_file())
         if not args.no_ssh:

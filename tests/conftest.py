@@ -9,6 +9,11 @@ Environment knobs:
 - ``PIXI_DEPLOY_TEST_ACCOUNTING``: "1" (default) starts with ``--accounting`` (mariadb +
   slurmdbd, so ``sacct`` works), "0" without. A cluster that is already running is used as is.
 - ``PIXI_DEPLOY_TEST_CLUSTER_DIR``: state directory (default /tmp/pixi-deploy-test-cluster).
+
+``PIXI_DEPLOY_WRITERS`` is 2 for the whole session (unless set): the test environments are
+all small, which unpack writes in its own process by default, so without it the forked payload
+writers (and what interrupts and kills do to them) would go untested. tests/pack/test_direct.py
+unsets it to test the small-environment default.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("PIXI_DEPLOY_WRITERS", "2")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = REPO_ROOT / "scripts" / "test-cluster"

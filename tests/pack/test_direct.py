@@ -118,6 +118,37 @@ def test_direct_layout_equals_rattlers(
     assert (tmp_path / "by-rattler" / readme).stat().st_nlink == 2
 
 
+@pytest.mark.parametrize("writers_setting", [None, "0", "2"])
+def test_a_small_environment_is_written_without_forking_unless_writers_are_asked_for(
+    resolved: ResolvedEnvironment,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    writers_setting: str | None,
+) -> None:
+    """Below `INLINE_BELOW_BYTES` of archives, forking the writers costs more than it saves;
+    ``$PIXI_DEPLOY_WRITERS`` overrides the choice either way. The layout is the same."""
+    if writers_setting is None:
+        monkeypatch.delenv("PIXI_DEPLOY_WRITERS", raising=False)
+    else:
+        monkeypatch.setenv("PIXI_DEPLOY_WRITERS", writers_setting)
+    assert sum(p.stat().st_size for p in _archives(resolved).values()) < writers.INLINE_BELOW_BYTES
+    forks = []
+    real_fork = os.fork
+
+    def counted_fork() -> int:
+        forks.append(1)
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", counted_fork)
+    final = Path("/opt/env")
+    _lay_out(resolved, tmp_path / "direct", final, direct=True)
+    assert len(forks) == (2 if writers_setting == "2" else 0)
+    monkeypatch.setattr(os, "fork", real_fork)
+    _lay_out(resolved, tmp_path / "by-rattler", final)
+    assert _tree(tmp_path / "direct") == _tree(tmp_path / "by-rattler")
+    assert _meta(tmp_path / "direct") == _meta(tmp_path / "by-rattler")
+
+
 def test_direct_records_keep_the_locks_url(resolved: ResolvedEnvironment, tmp_path: Path) -> None:
     _lay_out(resolved, tmp_path / "p", Path("/opt/env"), direct=True)
     urls = {r.name.normalized: r.url for r in resolved.conda_records}

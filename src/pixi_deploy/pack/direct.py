@@ -51,7 +51,7 @@ from pixi_deploy.pack.untar import (
     read_bounded,
     read_members,
 )
-from pixi_deploy.pack.writers import PackageWriters
+from pixi_deploy.pack.writers import INLINE_BELOW_BYTES, PackageWriters, configured_workers
 
 #: Top-level names the remote store uses in a staging folder (store/payloads.py): a deferred
 #: payload may not hold them, or it could forge another package's object or marker.
@@ -138,7 +138,11 @@ def _install_written(
     final: Path,
     workers: int | None,
 ) -> DirectResult:
-    """Every package's payload written here, by `pack.writers` processes, biggest first."""
+    """Every package's payload written here, by `pack.writers` processes, biggest first (by
+    this process when there is little to write)."""
+    small = sum(archive_size(archives[r.file_name]) for r in records) < INLINE_BELOW_BYTES
+    if workers is None and configured_workers() is None and small:
+        workers = 0
     staging.mkdir(parents=True, exist_ok=True)
     linker = Linker(staging, final)
     try:

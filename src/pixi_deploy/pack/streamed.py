@@ -9,12 +9,11 @@ metadata's, and only then handed to the payload writers (`pack.direct.StreamedDi
 delete it once its files are in the staging prefix: at most a few archives are on disk at any
 time, never the whole pack. The end of the stream is checked as for a file (nothing appended,
 nothing missing) before the staging prefix is renamed into place, so a cut stream, a corrupted
-byte or a stream that is not a pack leaves nothing at the target (`pack.unpack.work_folder`).
+byte or a stream that is not a pack leaves nothing at the target (`pack.unpack.target_work_folder`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tarfile
 from collections.abc import Callable
@@ -31,10 +30,9 @@ from pixi_deploy.pack.direct import DirectResult, StreamedDirect
 from pixi_deploy.pack.format import PackMetadata
 from pixi_deploy.pack.unpack import (
     UnpackResult,
-    check_target_folder,
     lay_out,
     publish,
-    work_folder,
+    target_work_folder,
 )
 from pixi_deploy.pack.verify import (
     REDO,
@@ -69,16 +67,9 @@ def unpack_stream(
     messages (``standard input``, the URL)."""
     reporter = reporter or NullReporter()
     target = Path(target).absolute()
-    made = check_target_folder(target)
-    try:
-        with work_folder(target) as work:
-            metadata, digest = _install(source, label, work, target, reporter, expect_digest, check)
-            publish(work / "prefix", target)
-    except BaseException:
-        for folder in made:  # the parents this unpack made: nothing of it stays behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+    with target_work_folder(target) as work:
+        metadata, digest = _install(source, label, work, target, reporter, expect_digest, check)
+        publish(work / "prefix", target)
     reporter.step(f"unpacked into {target}")
     return UnpackResult(target, metadata, target / "activate.sh", digest)
 

@@ -42,6 +42,7 @@ __all__ = [
     "publish",
     "read_metadata",
     "records_from_lock",
+    "target_work_folder",
     "unpack",
     "work_folder",
 ]
@@ -80,25 +81,18 @@ def unpack(
     digest = read_pack_header(pack)[1]
     if expect_digest is not None:
         check_digest(digest, normalize_digest(expect_digest), pack)
-    made = check_target_folder(target)
-    try:
-        with work_folder(target) as work:
-            metadata, lock_path, files = extract_verified(  # the same pack, all the way through
-                pack, work / "pkgs", reporter, in_place=True, expect_digest=digest
-            )
-            records = records_from_lock(lock_path, metadata)
-            reporter.step(
-                f"installing {len(records)} conda packages and "
-                f"{sum(1 for f in metadata.files if f.kind == 'pypi')} wheels for {target}"
-            )
-            staging = work / "prefix"
-            lay_out(metadata, records, files, staging, target, work / "cache")
-            publish(staging, target)
-    except BaseException:
-        for folder in made:  # the parents this unpack made: nothing of it stays behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+    with target_work_folder(target) as work:
+        metadata, lock_path, files = extract_verified(  # the same pack, all the way through
+            pack, work / "pkgs", reporter, in_place=True, expect_digest=digest
+        )
+        records = records_from_lock(lock_path, metadata)
+        reporter.step(
+            f"installing {len(records)} conda packages and "
+            f"{sum(1 for f in metadata.files if f.kind == 'pypi')} wheels for {target}"
+        )
+        staging = work / "prefix"
+        lay_out(metadata, records, files, staging, target, work / "cache")
+        publish(staging, target)
     reporter.step(f"unpacked into {target}")
     return UnpackResult(target, metadata, target / "activate.sh", digest)
 
@@ -177,6 +171,22 @@ def work_folder(target: Path) -> Iterator[Path]:
         except OSError as error:
             raise store_error_from_os(error, target.parent) from error
         yield work
+
+
+@contextmanager
+def target_work_folder(target: Path) -> Iterator[Path]:
+    """`check_target_folder`, then `work_folder`: the one way an unpack starts. If the body
+    fails, the parent folders the check made are removed again, so nothing of a failed
+    unpack stays behind (the work folder goes whatever happens)."""
+    made = check_target_folder(target)
+    try:
+        with work_folder(target) as work:
+            yield work
+    except BaseException:
+        for folder in made:  # deepest first: only the empty ones this unpack made
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def publish(staging: Path, target: Path) -> None:

@@ -8,14 +8,10 @@ if sacct -n -X -j 1 -o JobID >/dev/null 2>&1; then echo sacct=1; else echo sacct
 scontrol show config 2>/dev/null | sed -n 's/^JobCompLoc *= *//p' | head -n 1 | sed 's/^/jobcomp=/'
 """
 
-# Submit: unpack the run folder (0700, files 0600) from the tar on stdin, sbatch, remember the
-# run folder by job id. A code snapshot named in $5 must be there (its use is recorded, for
-# prune's "most recently used").  $1 = run dir, $2 = environment ('' = none), $3 = base,
-# $4 = run id, $5 = code snapshot folder ('' = none), then extra sbatch arguments.
-SUBMIT = r"""
-set -e
-umask 077
-run=$1; env=$2; base=$3; rid=$4; code=$5; shift 5
+# Shared by SUBMIT and PREPARE, after they set $env and $code: the environment must be
+# deployed (a directory with activate.sh, or an image to be mounted at its path) and a code
+# snapshot named must be there; its use is recorded (for prune's "most recently used").
+CHECK_ENVIRONMENT_AND_CODE = r"""
 if [ -n "$env" ] && [ ! -f "$env/activate.sh" ]; then
   real=$(readlink -f -- "$env" 2>/dev/null) || real=$env  # a named deployment: its target
   if [ ! -f "${real%/envs/*}/images/${real##*/}.sqfs" ]; then  # nor an image mounted there
@@ -26,34 +22,42 @@ if [ -n "$code" ]; then
   [ -f "$code/snapshot.json" ] || { echo "pixi-deploy-missing-code" >&2; exit 96; }
   touch -c "$code/snapshot.json" 2>/dev/null || :
 fi
-mkdir -p "$run" "$base/runs/by-id"
+"""
+
+# Submit: unpack the run folder (0700, files 0600) from the tar on stdin, sbatch, remember the
+# run folder by job id. A code snapshot named in $5 must be there (its use is recorded, for
+# prune's "most recently used").  $1 = run dir, $2 = environment ('' = none), $3 = base,
+# $4 = run id, $5 = code snapshot folder ('' = none), then extra sbatch arguments.
+SUBMIT = (
+    r"""
+set -e
+umask 077
+run=$1; env=$2; base=$3; rid=$4; code=$5; shift 5
+"""
+    + CHECK_ENVIRONMENT_AND_CODE
+    + r"""mkdir -p "$run" "$base/runs/by-id"
 tar -xf - -C "$run"
 out=$(cd "$run" && sbatch --parsable "$@" job.sh)
 id=${out%%;*}
 ln -sfn "../$rid" "$base/runs/by-id/$id"
 printf '%s\n' "$id"
 """
+)
 
 # Prepare a session step's folder, or a run on the login node (no sbatch); a code snapshot
 # is checked and its use recorded as for SUBMIT.
 # $1 = run dir, $2 = environment ('' = none), $3 = code snapshot folder ('' or absent = none)
-PREPARE = r"""
+PREPARE = (
+    r"""
 set -e
 umask 077
 run=$1; env=$2; code=${3:-}
-if [ -n "$env" ] && [ ! -f "$env/activate.sh" ]; then
-  real=$(readlink -f -- "$env" 2>/dev/null) || real=$env  # a named deployment: its target
-  if [ ! -f "${real%/envs/*}/images/${real##*/}.sqfs" ]; then  # nor an image mounted there
-    echo "pixi-deploy-missing-environment" >&2; exit 97
-  fi
-fi
-if [ -n "$code" ]; then
-  [ -f "$code/snapshot.json" ] || { echo "pixi-deploy-missing-code" >&2; exit 96; }
-  touch -c "$code/snapshot.json" 2>/dev/null || :
-fi
-mkdir -p "$run"
+"""
+    + CHECK_ENVIRONMENT_AND_CODE
+    + r"""mkdir -p "$run"
 tar -xf - -C "$run"
 """
+)
 
 # States of many jobs in ONE round trip: one squeue for all; then, only for the jobs squeue
 # shows as ended other than COMPLETED or no longer shows, sacct (if $3 = 1), scontrol, and the jobcomp file ($4) for
