@@ -174,7 +174,7 @@ def test_a_slurm_job_without_squashfuse_runs_in_the_image_through_apptainer(
     )
     bin_dir, args_file = f"{base}/apptainer-bin", f"{base}/apptainer.args"
     transport.run_script(
-        _LINK_ALL_BUT.replace('shift; mkdir', 'fake=$2; shift 2; mkdir')
+        _LINK_ALL_BUT.replace("shift; mkdir", "fake=$2; shift 2; mkdir")
         + '; printf "%s" "$fake" > "$dir/apptainer" && chmod 755 "$dir/apptainer"',
         [bin_dir, _fake(args_file)],
     )
