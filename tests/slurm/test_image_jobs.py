@@ -163,7 +163,8 @@ def test_a_node_without_squashfuse_fails_naming_what_is_missing(
     result = job.wait(timeout=120)
     assert (result.state, result.exit_code) == ("FAILED", 97)
     message = result.message()
-    assert "localhost has no squashfuse" in message and "to mount the environment image" in message
+    assert "localhost has no squashfuse and no apptainer or singularity" in message
+    assert "to mount the environment image" in message
     assert "install squashfuse and fuse3 on the nodes" in message
 
 

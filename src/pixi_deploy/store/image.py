@@ -121,14 +121,20 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-# Verify, then mount the image at the mountpoint for the command only, then run it there.
+# Verify, then make the image appear at the mountpoint for the command only, then run it there.
 # $1 = image, $2 = mountpoint, $3 = expected sha256 ("" = read it from the image's .json),
-# then the command. It is mounted with squashfuse inside a private user + mount namespace (two
-# jobs on one node never share a mount; it disappears with the job), and the command then runs
-# under the caller's own uid again; the way is logged on stderr. A mount that ends during the
-# command (squashfuse killed) is reported, and fails the run. A node without squashfuse or
-# unprivileged user namespaces fails with one line naming what is missing. (Apptainer: not
-# chosen by jobs here; the README shows the `apptainer exec --bind` a user runs.)
+# then the command. The first way the node has, logged on stderr:
+# - squashfuse inside a private user + mount namespace (two jobs on one node never share a
+#   mount; it disappears with the job); the command then runs under the caller's own uid again.
+#   A mount that ends during the command (squashfuse killed) is reported, and fails the run.
+# - else apptainer (or singularity) with the image bound at the mountpoint
+#   (`--bind IMG:MNT:image-src=/`) in the container $PIXI_DEPLOY_APPTAINER_IMAGE (a SIF file or
+#   docker:// image of the nodes' OS the site provides: the command runs inside it, so its own
+#   programs come from that container and the environment's from the image). The folders of
+#   BASE beside envs/ (runs, locks, code snapshots, names) and the files the command reads (a
+#   batch script in Slurm's spool) are bound too, at their own paths, so the job script can run
+#   again inside the container. Paths with ',' or ':' cannot be written in a --bind spec.
+# A node with neither fails with one line naming every piece that is missing.
 MOUNT_AND_RUN = r"""
 img=$1; mnt=$2; want=$3; shift 3
 node=${SLURMD_NODENAME:-$(uname -n)}
@@ -144,10 +150,10 @@ have=${have%% *}
 [ "$have" = "$want" ] || __pd_img_fail "the environment image $img is corrupt or truncated (its sha256 is not the one recorded at deploy); deploy it again (prune it first)"
 [ -d "$mnt" ] || __pd_img_fail "the mountpoint $mnt of the environment image does not exist; deploy it again"
 missing=
-if ! command -v squashfuse >/dev/null 2>&1; then missing="squashfuse"
-elif ! command -v unshare >/dev/null 2>&1; then missing="unshare (util-linux)"
+command -v squashfuse >/dev/null 2>&1 || missing="squashfuse"
+if ! command -v unshare >/dev/null 2>&1; then missing="${missing:+$missing, }unshare (util-linux)"
 elif ! unshare --user --map-root-user --mount true 2>/dev/null; then
-  missing="unprivileged user namespaces (unshare --user --map-root-user --mount fails)"
+  missing="${missing:+$missing, }unprivileged user namespaces (unshare --user --map-root-user --mount fails)"
 fi
 if [ -z "$missing" ]; then
   printf 'pixi-deploy: mounting %s at %s on %s with squashfuse in a private user and mount namespace\n' "$img" "$mnt" "$node" >&2
@@ -181,7 +187,41 @@ if [ -z "$missing" ]; then
     wait "$fuse" 2>/dev/null
     exit $rc' sh "$img" "$mnt" "$(id -u)" "$(id -g)" "$@"
 fi
-__pd_img_fail "$node has no $missing to mount the environment image: install squashfuse and fuse3 on the nodes, or deploy with --format directory ($img)"
+runtime=
+for r in apptainer singularity; do
+  if command -v "$r" >/dev/null 2>&1; then runtime=$r; break; fi
+done
+[ -n "$runtime" ] || __pd_img_fail "$node has no $missing and no apptainer or singularity to mount the environment image: install squashfuse and fuse3 on the nodes (or Apptainer), or deploy with --format directory ($img)"
+box=${PIXI_DEPLOY_APPTAINER_IMAGE:-}
+[ -n "$box" ] || __pd_img_fail "$node has no $missing to mount the environment image, and no container is set for $runtime: set PIXI_DEPLOY_APPTAINER_IMAGE in the job's environment to a SIF file or docker:// image of the nodes' OS, or install squashfuse and fuse3 on the nodes, or deploy with --format directory ($img)"
+case $box in
+  *://*) ;;
+  *) [ -f "$box" ] || __pd_img_fail "the container $box (PIXI_DEPLOY_APPTAINER_IMAGE) does not exist on $node; set it to a SIF file or docker:// image of the nodes' OS" ;;
+esac
+base=${mnt%/envs/*}
+[ "$base" != "$mnt" ] || base=
+case $img$mnt$base in
+  *[,:]*) __pd_img_fail "$runtime cannot bind $img at $mnt (a ',' or ':' in the path); deploy under a base path without them" ;;
+esac
+binds="$img:$mnt:image-src=/"
+if [ -n "$base" ]; then
+  for d in "$base"/*; do
+    case ${d##*/} in envs|images|'*') continue ;; esac
+    binds="$binds,$d"
+  done
+fi
+n=0
+for a in "$@"; do
+  n=$((n + 1))
+  [ "$n" -gt 1 ] && [ -f "$a" ] || continue
+  case $a in /*) ;; *) continue ;; esac
+  case $a in *[,:]*) continue ;; esac
+  if [ -n "$base" ]; then case $a in "$base"/*) continue ;; esac; fi
+  binds="$binds,$a:$a:ro"
+done
+printf 'pixi-deploy: mounting %s at %s on %s with %s exec --bind %s:%s:image-src=/ in the container %s (the node has no %s)\n' "$img" "$mnt" "$node" "$runtime" "$img" "$mnt" "$box" "$missing" >&2
+export PIXI_DEPLOY_IMAGE_MOUNTED=$runtime
+exec "$runtime" exec --bind "$binds" "$box" "$@"
 """.replace("@STATUS@", str(IMAGE_FAILED_STATUS))
 
 
