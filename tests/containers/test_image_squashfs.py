@@ -8,10 +8,14 @@ entrypoint, as `apptainer exec env.sqfs /app/entrypoint.sh CMD` does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -198,3 +202,62 @@ def test_default_name_and_bad_destinations_leave_nothing_behind(
     )
     assert "umoci" not in line.split("(")[0]
     assert not (tmp_path / "x.sqfs").exists()
+
+
+CODE = "import sys; from pixi_deploy.cli import main; sys.exit(main(sys.argv[1:]))"
+# the real mksquashfs, then a pause: the signal lands while a complete image waits to be renamed
+SLOW_MKSQUASHFS = """#!/bin/sh
+"{real}" "$@" || exit $?
+: > "{mark}"
+exec sleep 600
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat_file.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_squashing_publishes_nothing_and_stops_mksquashfs(
+    signum: int, demo_ws: Path, busybox_base: Path, tmp_path: Path
+) -> None:
+    tools, mark, out, cache = (tmp_path / n for n in ("bin", "squashed", "out", "cache"))
+    tools.mkdir()
+    out.mkdir()
+    wrapper = tools / "mksquashfs"
+    wrapper.write_text(SLOW_MKSQUASHFS.format(real=shutil.which("mksquashfs"), mark=mark))
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "HOME": str(tmp_path / "home"),
+           "PYTHONPATH": os.pathsep.join(sys.path)}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CODE, "image", "--manifest-path", demo_ws, "-p", "linux-64",
+         "--tag", "demo:3", "--base", f"{busybox_base}:latest", "--cache-dir", cache,
+         "--output", "squashfs", "--dest", out / "env.sqfs"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not mark.exists():
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert time.monotonic() < deadline, "mksquashfs never finished"
+            time.sleep(0.05)
+        sleepers = _children(proc.pid)  # the wrapper, exec'd into sleep
+        assert sleepers
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and b"Traceback" not in err, err.decode()
+    assert list(out.iterdir()) == []  # neither env.sqfs nor its partial file
+    assert [p.name for p in (cache / "oci" / "tmp").iterdir()] == []  # nor the unpacked rootfs
+    for pid in sleepers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
