@@ -112,7 +112,7 @@ img=$1; mnt=$2; shift 2
 squashfuse -f "$img" "$mnt" &
 fuse=$!
 n=0
-until [ -e "$mnt/app/entrypoint.sh" ]; do
+until [ -n "$(ls -A "$mnt")" ]; do
   kill -0 "$fuse" 2>/dev/null || { echo "squashfuse exited" >&2; exit 90; }
   n=$((n + 1)); [ "$n" -lt 1200 ] || { echo "not mounted after 120 s" >&2; exit 91; }
   sleep 0.1
