@@ -164,7 +164,13 @@ def apptainer(
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Write an Apptainer definition file (pixi.def / <env>.def) for clusters without Docker."""
+    """Write an Apptainer definition file (pixi.def / <env>.def) for clusters without Docker.
+
+    `apptainer build env.sif pixi.def` then gives a SIF (on a machine with Apptainer);
+    `pixi-deploy image --output squashfs` gives a runnable squashfs without Apptainer on the
+    build machine (`apptainer exec env.sqfs /app/entrypoint.sh CMD`, or `apptainer build
+    env.sif env.sqfs` for a SIF of it).
+    """
     options = _options(cuda, src, pixi_version, base_image, output_dir, force)
     workspace = load_workspace(manifest_path)
     _report(
@@ -317,11 +323,16 @@ def image(
     ] = None,
     output: Annotated[
         str | None,
-        typer.Option("--output", help=f"{' | '.join(OUTPUTS)} [default: oci-dir unless --push]"),
+        typer.Option(
+            "--output",
+            help=f"{' | '.join(OUTPUTS)} (squashfs: the image's root filesystem, which "
+            "`apptainer exec FILE.sqfs /app/entrypoint.sh CMD` runs) [default: oci-dir unless "
+            "--push]",
+        ),
     ] = None,
     dest: Annotated[
         Path | None,
-        typer.Option("--dest", help="Where to write [default: ./NAME-TAG-PLATFORM.oci/.tar]"),
+        typer.Option("--dest", help="Where to write [default: ./NAME-TAG-PLATFORM.oci/.tar/.sqfs]"),
     ] = None,
     push: Annotated[
         bool, typer.Option("--push", help="Push to the registry named by --tag")

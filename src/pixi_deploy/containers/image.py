@@ -49,6 +49,7 @@ from pixi_deploy.containers.oci_output import (
 )
 from pixi_deploy.containers.reference import Reference, find_credentials, parse_reference
 from pixi_deploy.containers.registry import PushResult, push_image
+from pixi_deploy.containers.squashfs_output import check_output, write_squashfs
 from pixi_deploy.errors import ContainerError
 from pixi_deploy.pack.archives import Archive, ArchiveSlice
 from pixi_deploy.pack.fetch import DownloadCache, artifacts_of
@@ -57,8 +58,13 @@ from pixi_deploy.pack.unpack import extract_verified, records_from_lock
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.workspace import ResolvedEnvironment
 
-OUTPUTS = ("oci-dir", "oci-archive", "docker-archive")
-SUFFIXES = {"oci-dir": ".oci", "oci-archive": ".oci.tar", "docker-archive": ".docker.tar"}
+OUTPUTS = ("oci-dir", "oci-archive", "docker-archive", "squashfs")
+SUFFIXES = {
+    "oci-dir": ".oci",
+    "oci-archive": ".oci.tar",
+    "docker-archive": ".docker.tar",
+    "squashfs": ".sqfs",  # the image's rootfs, for Apptainer (containers/squashfs_output.py)
+}
 COMPRESSIONS = ("gzip", "none")
 ENTRYPOINT = "/app/entrypoint.sh"
 #: The default base: a glibc distribution (Ubuntu noble, glibc 2.39, as the lesson's recipe),
@@ -90,7 +96,8 @@ class ImageOptions:
     an OCI layout folder ``DIR[:TAG]`` / ``oci:DIR[:TAG]``, an oci-archive
     ``FILE[:TAG]`` / ``oci-archive:FILE[:TAG]``, or a registry reference (``docker://`` optional)."""
     output: str | None = None
-    """oci-dir, oci-archive or docker-archive; default oci-dir unless pushing."""
+    """oci-dir, oci-archive, docker-archive or squashfs (the root filesystem, which Apptainer
+    runs); default oci-dir unless pushing."""
     dest: Path | None = None
     push: bool = False
     prefix: str | None = None
@@ -224,6 +231,8 @@ def _validate(options: ImageOptions) -> Reference:
         raise ContainerError(
             f"unknown output '{options.output}'", f"use one of {', '.join(OUTPUTS)}"
         )
+    if options.output == "squashfs":
+        check_output(options.dest)
     if options.compression not in COMPRESSIONS:
         raise ContainerError(
             f"unknown compression '{options.compression}'", f"use one of {', '.join(COMPRESSIONS)}"
@@ -417,6 +426,9 @@ def _build(
             write_oci_dir(image, dest, reference.tag or "latest")
         elif output_kind == "oci-archive":
             write_oci_archive(image, dest, reference.tag or "latest")
+        elif output_kind == "squashfs":
+            with _work(cache) as work:
+                write_squashfs(image, dest, work)
         else:
             write_docker_archive(image, dest, options.tag)
     pushed = None

@@ -1,5 +1,6 @@
 """OCI images without an engine: a content-addressed blob store, reproducible layer tars, and the
-three outputs (OCI layout folder, oci-archive, docker-archive), written with json/hashlib/tarfile.
+three outputs (OCI layout folder, oci-archive, docker-archive), written with json/hashlib/tarfile
+(the fourth, the rootfs as a squashfs, takes umoci and mksquashfs: squashfs_output.py).
 
 A layer is a tar with sorted entries, mtime 0 (or ``SOURCE_DATE_EPOCH``), uid/gid 0, no user
 names and normalised modes (0755 for directories and executables, 0644 otherwise), compressed by
