@@ -1,5 +1,6 @@
-"""Tampered packs (issue 13.3, 13.5, 13.10): each is refused by `unpack`, plain and zstd, with one
-line and exit code 3, and leaves nothing at or beside the target; the decoys stay as they were.
+"""Tampered packs (issue 13.3, 13.5, 13.10): each is refused by `unpack`, plain and zstd, read
+from its file and streamed (standard input, an http:// URL: issue 18), with one line and exit
+code 3, and leaves nothing at or beside the target; the decoys stay as they were.
 
 Packs are rewritten member by member here: the metadata and the lock as bytes, the tar by hand
 (`hostile.tar_bytes`), compressed with zstd or not.
@@ -23,6 +24,7 @@ from pixi_deploy.pack import DownloadCache, write_pack
 from pixi_deploy.workspace import load_workspace
 from security.conftest import Decoys, Guard
 from security.hostile import Member, tar_bytes
+from security.streams import SOURCES, unpack_from
 
 Metadata = dict[str, Any]
 
@@ -134,11 +136,13 @@ def first_sha(lock: bytes) -> bytes:
 TAMPERINGS = sorted(_tamperings(Path("/x")))
 
 
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "zstd"])
 @pytest.mark.parametrize("name", TAMPERINGS)
 def test_a_tampered_pack_is_refused(
     name: str,
     compress: bool,
+    source: str,
     original: Path,
     decoys: Decoys,
     guarded: Callable[..., Guard],
@@ -159,11 +163,15 @@ def test_a_tampered_pack_is_refused(
         with pack.open("ab") as out:
             out.write(zstandard.ZstdCompressor().compress(b"junk" * 300) if compress else b"junk")
     with guarded():
-        result = cli("unpack", pack, tmp_path / "target" / "env")
+        result = unpack_from(source, cli, pack, tmp_path / "target" / "env")
     assert result.exit_code == 3, (name, result.stderr)
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert re.search(how["match"], lines[0]), lines[0]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert errors == lines[-1:], result.stderr
+    # a file is checked whole before anything is installed; a stream only at its end, so the
+    # step that announces the install may come first (never a second error line)
+    assert len(lines) == 1 or (source != "file" and len(lines) == 2), result.stderr
+    assert re.search(how["match"], errors[0]), errors[0]
 
 
 def test_a_consistently_altered_pack_is_caught_by_its_digest(
@@ -176,9 +184,12 @@ def test_a_consistently_altered_pack_is_caught_by_its_digest(
         original, tmp_path / "forged.pack", lock=lambda b: b.replace(b">=1.2", b">=0.1")
     )
     assert json.loads(cli("pack-info", forged, "--json").stdout)["digest"] != digest
-    with guarded():
-        result = cli("unpack", forged, tmp_path / "target" / "env", "--expect-digest", digest)
-    assert result.exit_code == 3 and "not the expected" in result.stderr
+    for source in SOURCES:
+        with guarded():
+            result = unpack_from(
+                source, cli, forged, tmp_path / "target" / "env", "--expect-digest", digest
+            )
+        assert result.exit_code == 3 and "not the expected" in result.stderr, source
     assert cli("unpack", original, tmp_path / "ok", "--expect-digest", digest).exit_code == 0
     bad = cli("unpack", original, tmp_path / "no", "--expect-digest", "sha256:1234")
     assert bad.exit_code == 3 and "is not a pack digest" in bad.stderr

@@ -22,11 +22,18 @@ CHUNK = 1 << 20
 HEAD = 64 * 1024
 POLL_SECONDS = 0.05
 
+# Receive the growing image under its staging name ($1). A failed write (a full disk) removes
+# the partial copy and reads the rest of the stream away: the sender then gets cat's message and
+# the exit status, not a broken pipe that would look like a dropped connection.
 RECEIVE = r"""
 set -eu
 umask 022
 mkdir -p "${1%/*}"
-cat > "$1"
+if ! cat > "$1"; then
+  rm -f -- "$1"
+  cat > /dev/null
+  exit 4
+fi
 """
 
 # Write the head (stdin, $3 bytes) over the start of the image, check its size ($2), print its

@@ -5,7 +5,9 @@ already (a directory deployment of the same environment) and the cluster has mks
 otherwise here, from a tree laid out for the cluster's path, and streamed up in one pass,
 hashed on both ends as it goes. Either way it is published under the environment's lock by one
 rename, then its metadata, which makes it complete: an interrupted deploy leaves no image
-that a job would find; a dropped connection reconnects and sends the image again.
+that a job would find; a dropped connection reconnects and sends the image again. An image
+found at the hash path is reused only if its sha256 is still the recorded one: a corrupt or
+truncated one is built again and replaces it (jobs refuse it by checksum either way).
 """
 
 from __future__ import annotations
@@ -34,6 +36,46 @@ STREAM_WHILE_BUILDING = True
 if TYPE_CHECKING:
     from pixi_deploy.store.remote import RemoteStore
 
+# Is the image published? Prints whether the cluster can build images itself, then, for a
+# published image, its actual sha256 and its metadata (compared here: a corrupt or truncated
+# image is not reused). Reading the image costs what every job's own check costs.
+# $1 = base, $2 = key
+PROBE = r"""
+if command -v mksquashfs >/dev/null 2>&1; then echo mksquashfs=yes; else echo mksquashfs=no; fi
+img="$1/images/$2.sqfs"; meta="$1/images/$2.json"
+if [ -f "$meta" ] && [ -f "$img" ]; then
+  echo "sha256=$(sha256sum < "$img" 2>/dev/null | cut -d' ' -f1)"
+  printf '\036\n'; cat "$meta"
+fi
+"""
+
+# Publish an image that arrived under a staging name (its sha256 checked already: by the upload,
+# or computed by IMAGE_BUILD; every job checks it again before mounting): make the mountpoint,
+# write its metadata (stdin) beside it first (a full disk fails here, before anything is
+# published), rename the image into place, then the metadata, which makes it complete. With
+# $4 = replace, a published image (found corrupt) is replaced: its metadata goes first, so no
+# job pairs the new image with the old checksum. Run while the deploy holds LOCK.
+# $1 = base, $2 = key, $3 = staging image, $4 = keep|replace
+PUBLISH = r"""
+set -eu
+base=$1; key=$2; staged=$3
+umask 022
+meta="$base/images/$key.json"
+trap 'rm -f "$staged" "$meta.tmp.$$"' EXIT
+mkdir -p "$base/images" "$base/envs"
+if [ "$4" != replace ] && [ -f "$meta" ] && [ -f "$base/images/$key.sqfs" ]; then
+  cat > /dev/null; echo present; exit 0
+fi
+[ -f "$staged" ] || { echo "the image $staged did not arrive" >&2; exit 4; }
+cat > "$meta.tmp.$$"
+mkdir -p "$base/envs/$key"
+chmod 644 "$staged"
+rm -f "$meta"
+mv -f "$staged" "$base/images/$key.sqfs"
+mv -f "$meta.tmp.$$" "$meta"
+echo published
+"""
+
 
 class ImageDeploy:
     """One squashfs deploy of ``resolved``; ``directory`` is its directory deployment on the
@@ -57,6 +99,8 @@ class ImageDeploy:
         #: connection starts from
         self._here: DeploymentMetadata | None = None
         self._image_done = False
+        #: the published image was found corrupt or truncated: publishing replaces it
+        self._replace = False
 
     def run(self) -> DeploymentMetadata:
         """Under the cluster's lock; a dropped connection re-takes it and resumes the upload
@@ -75,9 +119,14 @@ class ImageDeploy:
                     if found is not None:
                         return self._reused(found)
                     break
-                except ConnectionLostError:
+                except ConnectionLostError as error:
                     if attempt == MAX_ATTEMPTS:
-                        raise
+                        raise ConnectionLostError(
+                            f"the SSH connection to the cluster dropped {MAX_ATTEMPTS} times "
+                            f"while the environment image {self.key} was sent; nothing was "
+                            "published",
+                            "check the network and deploy again",
+                        ) from error
                     self.reporter.step("the connection dropped; reconnecting to resume")
         moved = store.transport.stats.bytes_uploaded - before
         store.last_transfer = TransferReport(1, 1, moved, 0, 0)
@@ -112,14 +161,22 @@ class ImageDeploy:
             lock.close()
 
     def _probe(self) -> tuple[DeploymentMetadata | None, bool]:
-        out = self._run(sh.IMAGE_PROBE, [self.store.base, self.key]).stdout
+        """(the published image, if it is whole; whether the cluster has mksquashfs)."""
+        out = self._run(PROBE, [self.store.base, self.key]).stdout
         head, _, text = out.partition("\036\n")
-        found = (
-            DeploymentMetadata.from_json(text, "the cluster's image metadata")
-            if text.strip()
-            else None
-        )
-        return found, "mksquashfs=yes" in head.splitlines()
+        lines = head.splitlines()
+        if not text.strip():
+            return None, "mksquashfs=yes" in lines
+        found = DeploymentMetadata.from_json(text, "the cluster's image metadata")
+        if f"sha256={found.image_sha256}" not in lines or not found.image_sha256:
+            if not self._replace:
+                self.reporter.step(
+                    f"the environment image {found.image} on the cluster is corrupt or "
+                    "truncated (its sha256 is not the recorded one): building it again"
+                )
+            self._replace = True
+            return None, "mksquashfs=yes" in lines
+        return found, "mksquashfs=yes" in lines
 
     def _reused(self, found: DeploymentMetadata) -> DeploymentMetadata:
         from pixi_deploy.store.remote import TransferReport
@@ -204,6 +261,7 @@ class ImageDeploy:
             argv = ["sh", "-c", sh.IMAGE_RECEIVE, "sh", staged, str(size)]
             result = self.store.transport.pipe(argv, produce)
         self._check(result)
+        metadata.image_bytes = size
         if result.stdout.strip() != digest.hexdigest():
             self._run('rm -f -- "$1"', [staged])
             raise StoreError(
@@ -230,8 +288,8 @@ class ImageDeploy:
 
     def _publish(self, staged: str, metadata: DeploymentMetadata) -> DeploymentMetadata:
         assert metadata.image_sha256
-        args = [self.store.base, self.key, staged]
-        out = self._run(sh.IMAGE_PUBLISH, args, input=metadata.to_json()).stdout
+        args = [self.store.base, self.key, staged, "replace" if self._replace else "keep"]
+        out = self._run(PUBLISH, args, input=metadata.to_json()).stdout
         if out.strip() == "present":
             text = self.store.transport.read_bytes(self.store.layout.image_metadata(self.key))
             return DeploymentMetadata.from_json(text.decode(), "the cluster's image metadata")
