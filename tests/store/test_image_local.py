@@ -107,6 +107,36 @@ def test_corrupt_image_is_refused_before_mounting(
     assert "hello" not in proc.stdout and meta.image == str(image)
 
 
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+def test_a_redeploy_over_a_corrupt_image_builds_it_again(
+    demo_ws: Path, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """Deploy told the user "deploy it again": that must replace the image, not reuse it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PIXI_DEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    base = tmp_path / "store"
+    first = _deploy(cli, demo_ws, base, "--format", "squashfs")
+    image = Path(first["image"])
+    with open(image, "r+b") as handle:
+        if damage == "truncated":
+            handle.truncate(image.stat().st_size // 2)
+        else:
+            handle.seek(image.stat().st_size // 2)
+            byte = handle.read(1)
+            handle.seek(-1, os.SEEK_CUR)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+    assert sha256_of(image) != first["image_sha256"]
+    second = _deploy(cli, demo_ws, base, "--format", "squashfs")
+    assert second["reused"] is False and second["image"] == str(image)
+    assert sha256_of(image) == second["image_sha256"] == first["image_sha256"]  # reproducible
+    third = _deploy(cli, demo_ws, base, "--format", "squashfs")
+    assert third["reused"] is True
+    assert sorted(p.name for p in (base / "images").iterdir()) == [
+        f"{image.stem}.json",
+        image.name,
+    ]
+
+
 def test_unknown_format_is_refused(demo_ws: Path, tmp_path: Path, cli) -> None:
     result = cli(
         "deploy",

@@ -196,13 +196,14 @@ class StreamedDirect:
     def finish(self, records: Sequence[rattler.RepoDataRecord]) -> DirectResult:
         writers = self.writers
         writers.wait()
+        # first: a symlink out of the environment is the problem to name, whatever else
+        check_symlinks(writers.symlinks, str(self.final), writers.symlink_owners)
         if _conflicting(writers.packages):
             raise PackError(
                 "two packages of this pack own the same path, which only an unpack from a file "
                 "can sort out (rattler's clobber rules need every archive)",
                 "save the pack to a file, then run `pixi-deploy unpack FILE DIR`",
             )
-        check_symlinks(writers.symlinks, str(self.final), writers.symlink_owners)
         _make_symlinks(self.staging, writers.symlinks)
         left = _in_order(writers.unreadable + self.linker.given_back, records)
         return DirectResult(left, [], writers.symlinks)

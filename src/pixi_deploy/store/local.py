@@ -24,7 +24,7 @@ from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import ACTIVATE_NAME, check_environment_path, lay_out_environment
 from pixi_deploy.progress import NullReporter, Reporter
 from pixi_deploy.scratch import discarded_on_exit
-from pixi_deploy.store.image import build_image, check_format, mount_and_run_argv
+from pixi_deploy.store.image import build_image, check_format, mount_and_run_argv, sha256_of
 from pixi_deploy.store.layout import StoreLayout
 from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
 from pixi_deploy.workspace import ResolvedEnvironment, current_platform
@@ -105,11 +105,12 @@ class LocalStore:
         self, resolved: ResolvedEnvironment, key: str, final: Path, reporter: Reporter
     ) -> DeploymentMetadata:
         meta = Path(self.layout.image_metadata(key))
-        existing = self._complete_image(meta)
+        existing = self._sound_image(meta)
         if existing is None:
             with self._exclusive(key):
-                existing = self._complete_image(meta)
+                existing = self._sound_image(meta)
                 if existing is None:
+                    self._drop_corrupt_image(key, meta, reporter)
                     return self._build_image(resolved, key, final, reporter)
         existing.reused = True
         reporter.step(f"environment image {key} is already deployed at {existing.image}")
@@ -153,6 +154,28 @@ class LocalStore:
             raise store_error_from_os(error, images) from error
         reporter.step(f"deployed environment image {key} at {metadata.image}")
         return metadata
+
+    def _sound_image(self, meta: Path) -> DeploymentMetadata | None:
+        """The published image's metadata if the image is whole: its sha256 is the one
+        recorded (a corrupt or truncated image is never reused; jobs would refuse it)."""
+        existing = self._complete_image(meta)
+        if existing is None or not existing.image:
+            return None
+        return existing if sha256_of(Path(existing.image)) == existing.image_sha256 else None
+
+    def _drop_corrupt_image(self, key: str, meta: Path, reporter: Reporter) -> None:
+        """Under the lock: a published image that is not whole is unpublished (metadata first)
+        before it is built again."""
+        existing = self._complete_image(meta)
+        if existing is not None and existing.image:
+            reporter.step(
+                f"the image {existing.image} is corrupt or truncated (its sha256 is not the one "
+                "recorded): building it again"
+            )
+            doomed = meta.with_name(f".{key}.staging-corrupt.json")
+            os.rename(meta, doomed)  # no longer a deployment; the mountpoint stays for jobs
+            Path(existing.image).unlink(missing_ok=True)
+            doomed.unlink(missing_ok=True)
 
     def _complete_image(self, meta: Path) -> DeploymentMetadata | None:
         if not meta.is_file() or not Path(meta.with_suffix(".sqfs")).is_file():

@@ -218,15 +218,6 @@ done
 
 # --- single-file environments (store/image.py) -------------------------------------------------
 
-# Is the image published? Prints its metadata; and whether the cluster can build images itself.
-# $1 = base, $2 = key
-IMAGE_PROBE = r"""
-if command -v mksquashfs >/dev/null 2>&1; then echo mksquashfs=yes; else echo mksquashfs=no; fi
-if [ -f "$1/images/$2.json" ] && [ -f "$1/images/$2.sqfs" ]; then
-  printf '\036\n'; cat "$1/images/$2.json"
-fi
-"""
-
 # Build the image on the cluster from the environment laid out there (BASE/envs/<key>), beside
 # its final name; prints its sha256 and size. $1 = base, $2 = key, then mksquashfs's options.
 IMAGE_BUILD = r"""
@@ -253,26 +244,4 @@ mkdir -p "${1%/*}"
 rm -f -- "$1"
 tee -- "$1" | sha256sum | cut -d' ' -f1
 [ "$(wc -c < "$1")" = "$2" ] || { rm -f -- "$1"; exit 4; }
-"""
-
-# Publish an image that arrived under a staging name (its sha256 checked already: by the upload,
-# or computed by IMAGE_BUILD; every job checks it again before mounting): make the mountpoint, rename it into place, then write its metadata (stdin), which makes it
-# complete. Run while the deploy holds LOCK (the environment's lock, and gc.lock shared).
-# $1 = base, $2 = key, $3 = staging image
-IMAGE_PUBLISH = r"""
-set -eu
-base=$1; key=$2; staged=$3
-umask 022
-mkdir -p "$base/images" "$base/envs"
-meta="$base/images/$key.json"
-if [ -f "$meta" ] && [ -f "$base/images/$key.sqfs" ]; then
-  rm -f "$staged"; cat > /dev/null; echo present; exit 0
-fi
-[ -f "$staged" ] || { echo "the image $staged did not arrive" >&2; exit 4; }
-mkdir -p "$base/envs/$key"
-chmod 644 "$staged"
-mv -f "$staged" "$base/images/$key.sqfs"
-cat > "$meta.tmp.$$"
-mv -f "$meta.tmp.$$" "$meta"
-echo published
 """
