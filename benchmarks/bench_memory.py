@@ -9,7 +9,8 @@ then runs, each as its own process tree, from a warm download cache:
 
     tar -xf of the plain pack (the baseline)     pack (plain), pack --compress
     unpack of the plain pack, of the zstd pack   unpack - (zstd pack piped from cat)
-    deploy --target local                        image (oci-dir, uncompressed layers)
+    deploy --target local (directory; squashfs: mksquashfs is the largest process)
+    image (oci-dir, uncompressed layers)
     pack --self-extracting, and running the installer it wrote (sh)
 
 and prints, for each, the peak RSS of its largest process (what ``/usr/bin/time -v``, Slurm and
@@ -92,6 +93,11 @@ def commands(
             {},
         ),
         (
+            "deploy --target local --format squashfs",
+            [*cli, "deploy", *m, "--base", out / "sqstore", "--format", "squashfs"],
+            {},
+        ),
+        (
             "image (oci-dir)",
             [
                 *cli,
@@ -105,6 +111,8 @@ def commands(
                 out / "image",
                 "--compression",
                 "none",
+                "--base",  # the default base (ubuntu:24.04) is pulled from docker.io: no network
+                "scratch",
                 "--cache-dir",
                 work / "image-cache",
             ],

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pixi_deploy.store.image import ImageBuild, sha256_of
+from pixi_deploy.store.image import SHA256_SH, ImageBuild, sha256_of
 from pixi_deploy.transport import CommandResult, Transport
 
 CHUNK = 1 << 20
@@ -38,12 +38,15 @@ fi
 
 # Write the head (stdin, $3 bytes) over the start of the image, check its size ($2), print its
 # sha256.  $1 = staging path
-PATCH = r"""
+PATCH = (
+    SHA256_SH
+    + r"""
 set -eu
 dd of="$1" bs="$3" count=1 conv=notrunc iflag=fullblock 2>/dev/null
 [ "$(wc -c < "$1")" = "$2" ] || { echo "the image did not arrive whole" >&2; exit 4; }
-sha256sum < "$1" | cut -d' ' -f1
+__pd_sha256 < "$1"
 """
+)
 
 
 def send_while_building(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +25,7 @@ from pixi_deploy.pack.fetch import DownloadCache
 from pixi_deploy.pack.layout import lay_out_environment
 from pixi_deploy.progress import Reporter
 from pixi_deploy.store import remote_scripts as sh
-from pixi_deploy.store.image import ImageBuild, mksquashfs_argv
+from pixi_deploy.store.image import SHA256_SH, ImageBuild, mksquashfs_argv
 from pixi_deploy.store.image_stream import send_while_building
 from pixi_deploy.store.metadata import METADATA_NAME, DeploymentMetadata
 from pixi_deploy.transport import CommandResult, ConnectionLostError, RemoteCommandError
@@ -40,14 +41,17 @@ if TYPE_CHECKING:
 # published image, its actual sha256 and its metadata (compared here: a corrupt or truncated
 # image is not reused). Reading the image costs what every job's own check costs.
 # $1 = base, $2 = key
-PROBE = r"""
+PROBE = (
+    SHA256_SH
+    + r"""
 if command -v mksquashfs >/dev/null 2>&1; then echo mksquashfs=yes; else echo mksquashfs=no; fi
 img="$1/images/$2.sqfs"; meta="$1/images/$2.json"
 if [ -f "$meta" ] && [ -f "$img" ]; then
-  echo "sha256=$(sha256sum < "$img" 2>/dev/null | cut -d' ' -f1)"
+  echo "sha256=$(__pd_sha256 < "$img" 2>/dev/null)"
   printf '\036\n'; cat "$meta"
 fi
 """
+)
 
 # Publish an image that arrived under a staging name (its sha256 checked already: by the upload,
 # or computed by IMAGE_BUILD; every job checks it again before mounting): make the mountpoint,
@@ -223,7 +227,9 @@ class ImageDeploy:
             raise
         build.wait()  # the build's own failure (a full disk here) comes first
         self._image_done = True
-        shutil.rmtree(tmp / "tree", ignore_errors=True)  # disk: the environment once
+        # disk: the environment once; removed while the cluster checks and publishes the image
+        # (the staging folder's own removal, at the end, takes whatever is left)
+        threading.Thread(target=shutil.rmtree, args=(tmp / "tree", True), name="tree").start()
         metadata.image_bytes = (tmp / "image.sqfs").stat().st_size
         if streamed.exit_status != 0:
             self._check(streamed)

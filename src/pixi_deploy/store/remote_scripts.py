@@ -6,6 +6,8 @@ The cluster needs only sh, tar, cp (-al, --remove-destination), mv, mkdir, cat, 
 they are also takes GNU tar and zstd (the probe checks both).
 """
 
+from pixi_deploy.store.image import SHA256_SH
+
 # uname + any already-deployed candidate: the one round trip of a no-op redeploy.
 # $1 = base, then pairs of (platform, key)
 PROBE = r"""
@@ -220,7 +222,9 @@ done
 
 # Build the image on the cluster from the environment laid out there (BASE/envs/<key>), beside
 # its final name; prints its sha256 and size. $1 = base, $2 = key, then mksquashfs's options.
-IMAGE_BUILD = r"""
+IMAGE_BUILD = (
+    SHA256_SH
+    + r"""
 set -eu
 base=$1; key=$2; shift 2
 umask 022
@@ -228,20 +232,24 @@ mkdir -p "$base/images"
 built="$base/images/.$key.staging-$$.sqfs"
 trap 'rm -f "$built"' EXIT
 mksquashfs "$base/envs/$key" "$built" "$@" >/dev/null
-sha256sum < "$built" | cut -d' ' -f1
+__pd_sha256 < "$built"
 wc -c < "$built"
 trap - EXIT
 printf '%s\n' "$built"
 """
+)
 
 # Receive an image on stdin under its staging name, checksumming it as it is written (one pass);
 # prints its sha256. A short write (full disk) leaves tee's message last on stderr.
 # $1 = staging path, $2 = its size in bytes
-IMAGE_RECEIVE = r"""
+IMAGE_RECEIVE = (
+    SHA256_SH
+    + r"""
 set -eu
 umask 022
 mkdir -p "${1%/*}"
 rm -f -- "$1"
-tee -- "$1" | sha256sum | cut -d' ' -f1
+tee -- "$1" | __pd_sha256
 [ "$(wc -c < "$1")" = "$2" ] || { rm -f -- "$1"; exit 4; }
 """
+)
