@@ -158,9 +158,12 @@ def settle(inputs: Sequence[Path]) -> None:
         return  # not root: measure as the machine is
     for path in inputs:
         for file in [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file()):
-            with file.open("rb") as source:
-                while source.read(1 << 24):
-                    pass
+            try:
+                with file.open("rb") as source:
+                    while source.read(1 << 24):
+                        pass
+            except FileNotFoundError:  # removed meanwhile (a background removal's staging)
+                continue
     scratch = bytearray(TOUCH_BYTES)
     memoryview(scratch)[:: mmap.PAGESIZE] = b"\1" * (TOUCH_BYTES // mmap.PAGESIZE)
     del scratch

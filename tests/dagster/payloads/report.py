@@ -15,6 +15,7 @@ with open_dagster_pipes() as pipes:
             "payload_slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
             "environment": os.environ.get("PIXI_DEPLOY_ENVIRONMENT", ""),
             "cwd": os.getcwd(),
+            "image_mounted": os.environ.get("PIXI_DEPLOY_IMAGE_MOUNTED", ""),
         }
     )
     pipes.report_asset_check(check_name="positive", passed=n > 0, metadata={"n": n})
